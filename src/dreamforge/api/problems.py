@@ -1,0 +1,153 @@
+"""RFC 9457 problem responses for every error the API returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException
+
+from dreamforge.domain.errors import (
+    Conflict,
+    DreamForgeError,
+    ErrorCode,
+    FieldProblem,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+)
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+TITLES: dict[ErrorCode, str] = {
+    ErrorCode.VALIDATION_ERROR: "The request is not valid",
+    ErrorCode.NOT_FOUND: "Not found",
+    ErrorCode.CONFLICT: "The request conflicts with the resource's state",
+    ErrorCode.MODEL_NOT_FOUND: "Unknown model",
+    ErrorCode.MODEL_NOT_READY: "Model not ready",
+    ErrorCode.FORBIDDEN: "Forbidden",
+    ErrorCode.UNAUTHORIZED: "Unauthorized",
+    ErrorCode.UNAVAILABLE: "Service unavailable",
+    ErrorCode.INTERNAL_ERROR: "Internal error",
+}
+
+_STATUS_BY_CLASS: list[tuple[type[DreamForgeError], int]] = [
+    (NotFound, 404),
+    (InvalidRequest, 422),
+    (Conflict, 409),
+    (Forbidden, 403),
+]
+
+
+def problem_type(code: ErrorCode) -> str:
+    return f"urn:dreamforge:problem:{code.value.lower().replace('_', '-')}"
+
+
+def problem(
+    status: int,
+    code: ErrorCode,
+    detail: str,
+    instance: str,
+    errors: list[FieldProblem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": TITLES.get(code, code.value),
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code.value,
+    }
+    if errors:
+        body["errors"] = [e.__dict__ for e in errors]
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _fix_for(error: dict[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    fixes = {
+        "missing": "add this required field",
+        "string_too_short": "send a non-empty value",
+        "string_too_long": f"shorten it to at most {ctx.get('max_length')} characters",
+        "multiple_of": f"use a multiple of {ctx.get('multiple_of')}, e.g. 1024",
+        "greater_than_equal": f"use a value of at least {ctx.get('ge')}",
+        "greater_than": f"use a value above {ctx.get('gt')}",
+        "less_than_equal": f"use a value of at most {ctx.get('le')}",
+        "less_than": f"use a value below {ctx.get('lt')}",
+        "enum": f"use one of {ctx.get('expected')}",
+        "extra_forbidden": "remove this field; /openapi.json lists the accepted fields",
+        "json_invalid": "send a valid JSON body",
+        "model_attributes_type": "send a JSON object",
+    }
+    if kind in fixes:
+        return fixes[kind]
+    if kind.startswith("int_"):
+        return "send a whole number"
+    if kind.startswith("float_"):
+        return "send a number"
+    if kind.startswith("string_"):
+        return "send a string"
+    return "see the request schema in /openapi.json"
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_problems(errors: list[dict[str, Any]]) -> list[FieldProblem]:
+    return [FieldProblem(_field_name(tuple(e["loc"])), e["msg"], _fix_for(e)) for e in errors]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = validation_problems(list(exc.errors()))
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        return problem(422, ErrorCode.VALIDATION_ERROR, detail, request.url.path, problems)
+
+    @app.exception_handler(DreamForgeError)
+    async def _domain(request: Request, exc: DreamForgeError) -> JSONResponse:
+        status = next((s for cls, s in _STATUS_BY_CLASS if isinstance(exc, cls)), 500)
+        return problem(status, exc.code, exc.detail, request.url.path, exc.errors)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {
+            404: ErrorCode.NOT_FOUND,
+            403: ErrorCode.FORBIDDEN,
+            401: ErrorCode.UNAUTHORIZED,
+        }.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
+        return problem(
+            exc.status_code,
+            code,
+            str(exc.detail),
+            request.url.path,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.database_unavailable", error=str(exc).splitlines()[0])
+        return problem(
+            503,
+            ErrorCode.UNAVAILABLE,
+            "the database is unavailable; retry shortly",
+            request.url.path,
+            headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("api.unexpected_error", path=request.url.path)
+        return problem(
+            500, ErrorCode.INTERNAL_ERROR, "an unexpected error occurred", request.url.path
+        )

@@ -1,0 +1,83 @@
+"""A job's log lines as NDJSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from dreamforge.api import deps
+from dreamforge.api.routers.progress import event_payload
+from dreamforge.api.schemas import problem_responses
+from dreamforge.domain.errors import FieldProblem, InvalidRequest
+from dreamforge.domain.events import EventType
+from dreamforge.runtime import Runtime
+
+router = APIRouter(prefix="/v1/jobs", tags=["logs"])
+Rt = Annotated[Runtime, Depends(deps.runtime)]
+
+NDJSON = "application/x-ndjson"
+LOGS_EXAMPLE = (
+    '{"seq": 2, "type": "log", "ts": "2026-11-29T08:00:00Z", "level": "info", '
+    '"message": "accepted: 1024x1024, 30 steps, seed 1234, model tiny-sdxl", "stage": "queued"}\n'
+    '{"seq": 4, "type": "log", "ts": "2026-11-29T08:00:00.1Z", "level": "info", '
+    '"message": "started on worker host:41:1a2b3c, attempt 1", "stage": "claimed"}\n'
+)
+
+
+def _parse_since(since: str) -> tuple[int, datetime | None]:
+    """``since`` is a sequence number or an ISO 8601 timestamp."""
+    if since.isdigit():
+        return int(since), None
+    try:
+        return 0, datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(
+            [
+                FieldProblem(
+                    "since",
+                    f"{since!r} is neither a sequence number nor a timestamp",
+                    "pass a seq from a previous line (e.g. 12) or an ISO 8601 time "
+                    "(e.g. 2026-11-29T08:00:00Z)",
+                )
+            ]
+        ) from exc
+
+
+@router.get(
+    "/{job_id}/logs",
+    summary="Log lines (NDJSON)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "One JSON object a line",
+            "content": {NDJSON: {"example": LOGS_EXAMPLE}},
+        },
+        **problem_responses(404, 422, 503),
+    },
+)
+def logs(
+    job_id: str,
+    runtime: Rt,
+    tail: Annotated[int | None, Query(ge=1, le=10_000, description="Only the last N")] = None,
+    since: Annotated[str | None, Query(description="After this seq or ISO 8601 time")] = None,
+) -> Response:
+    runtime.service.get(job_id)
+    after, when = _parse_since(since) if since else (0, None)
+    if when is not None and when.tzinfo is None:
+        raise InvalidRequest(
+            [
+                FieldProblem(
+                    "since",
+                    "the timestamp has no time zone",
+                    "add Z or an offset, e.g. 2026-11-29T08:00:00Z",
+                )
+            ]
+        )
+    lines = runtime.jobs.events(job_id, after, types=[EventType.LOG], since=when)
+    if tail is not None:
+        lines = lines[-tail:]
+    body = "".join(json.dumps(event_payload(e)) + "\n" for e in lines)
+    return Response(body, media_type=NDJSON)

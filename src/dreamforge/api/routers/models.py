@@ -1,0 +1,50 @@
+"""The model registry, read-only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from dreamforge.api import deps
+from dreamforge.api.schemas import ModelListOut, ModelOut, problem_responses
+from dreamforge.domain.errors import ErrorCode, NotFound
+from dreamforge.runtime import Runtime
+from dreamforge.store.records import Model
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+Rt = Annotated[Runtime, Depends(deps.runtime)]
+
+
+def model_out(model: Model) -> ModelOut:
+    return ModelOut(
+        id=model.id,
+        source=model.source,
+        format=model.format,
+        base=model.base,
+        sha256=model.sha256,
+        size_bytes=model.size_bytes,
+        status=model.status,
+        defaults=model.defaults,
+        created_at=model.created_at,
+    )
+
+
+@router.get(
+    "", response_model=ModelListOut, summary="List models", responses=problem_responses(503)
+)
+def list_models(runtime: Rt) -> ModelListOut:
+    return ModelListOut(data=[model_out(m) for m in runtime.models.list()])
+
+
+@router.get(
+    "/{model_id}",
+    response_model=ModelOut,
+    summary="Get a model",
+    responses=problem_responses(404, 503),
+)
+def get_model(model_id: str, runtime: Rt) -> ModelOut:
+    model = runtime.models.get(model_id)
+    if model is None:
+        raise NotFound("model", model_id, code=ErrorCode.MODEL_NOT_FOUND)
+    return model_out(model)

@@ -1,0 +1,116 @@
+"""Progress as a snapshot and as a live Server-Sent Events stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from dreamforge.api import deps
+from dreamforge.api.schemas import ErrorOut, ProgressOut, problem_responses
+from dreamforge.domain.events import EventType
+from dreamforge.domain.progress import STAGE_WEIGHTS
+from dreamforge.runtime import Runtime
+from dreamforge.store.records import JobEvent
+
+router = APIRouter(prefix="/v1/jobs", tags=["progress"])
+Rt = Annotated[Runtime, Depends(deps.runtime)]
+
+# Streams re-read the log this often even without a wake-up, as a safety net.
+POLL_S = 2.0
+
+SSE_EXAMPLE = """id: 1
+event: status
+data: {"seq": 1, "type": "status", "ts": "2026-11-29T08:00:00Z", "status": "queued"}
+
+id: 7
+event: progress
+data: {"seq": 7, "type": "progress", "ts": "2026-11-29T08:00:01Z", "progress": 0.3125, \
+"stage": "denoising", "item_index": 0, "step": 1, "steps": 4}
+
+id: 18
+event: done
+data: {"seq": 18, "type": "done", "ts": "2026-11-29T08:00:02Z", "status": "succeeded", \
+"error": null}
+
+"""
+
+
+def event_payload(event: JobEvent) -> dict[str, object]:
+    return {
+        "seq": event.seq,
+        "type": event.type.value,
+        "ts": event.created_at.isoformat().replace("+00:00", "Z"),
+        **event.data,
+    }
+
+
+@router.get(
+    "/{job_id}/progress",
+    response_model=ProgressOut,
+    summary="Progress snapshot",
+    responses=problem_responses(404, 503),
+)
+def progress(job_id: str, runtime: Rt) -> ProgressOut:
+    job = runtime.service.get(job_id)
+    return ProgressOut(
+        job_id=job.id,
+        status=job.status,
+        progress=job.progress,
+        stage=job.stage,
+        stage_weights={stage.value: weight for stage, weight in STAGE_WEIGHTS.items()},
+        error=ErrorOut(**job.error) if job.error else None,
+    )
+
+
+@router.get(
+    "/{job_id}/progress/stream",
+    summary="Follow a job live (SSE)",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Events until the terminal `done` event",
+            "content": {"text/event-stream": {"example": SSE_EXAMPLE}},
+        },
+        **problem_responses(404, 503),
+    },
+)
+async def stream(
+    job_id: str,
+    request: Request,
+    runtime: Rt,
+    last_event_id: Annotated[int | None, Header(ge=0, description="Resume after this id")] = None,
+    after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Replays the job's events after ``Last-Event-ID`` (or from the start), then tails
+    them live. Idle streams get a comment heartbeat; the stream ends after ``done``."""
+    await run_in_threadpool(runtime.service.get, job_id)  # 404 before the stream opens
+    start = last_event_id if last_event_id is not None else (after or 0)
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        seen = start
+        # Subscribe before reading, so an event written in between still wakes us.
+        subscription = runtime.notifier.subscribe(job_id)
+        try:
+            while True:
+                batch = await run_in_threadpool(runtime.jobs.events, job_id, seen)
+                for event in batch:
+                    seen = event.seq
+                    yield ServerSentEvent(
+                        id=str(event.seq),
+                        event=event.type.value,
+                        data=json.dumps(event_payload(event)),
+                    )
+                    if event.type is EventType.DONE:
+                        return
+                if await request.is_disconnected():
+                    return
+                await subscription.wait(POLL_S)
+        finally:
+            subscription.close()
+
+    return EventSourceResponse(events(), ping=runtime.settings.sse_ping_s)

@@ -1,0 +1,282 @@
+"""Response bodies, each with an example for the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
+
+JOB_ID = "7b0c8a1e-3f52-4d8e-9a37-1f0e2c6b9d41"
+_BASE = f"http://127.0.0.1:8000/v1/jobs/{JOB_ID}"
+SPEC_EXAMPLE = {
+    "prompt": "a lighthouse at dawn, oil on canvas",
+    "negative_prompt": "blurry",
+    "width": 1024,
+    "height": 1024,
+    "steps": 30,
+    "guidance_scale": 5.0,
+    "scheduler": "euler",
+    "seed": 1234,
+    "model_id": "tiny-sdxl",
+}
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    cancel: str
+    progress: str
+    stream: str
+    logs: str
+    artifacts: str
+
+
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": JOB_ID,
+    "status": "succeeded",
+    "progress": 1.0,
+    "stage": "done",
+    "spec": SPEC_EXAMPLE,
+    "error": None,
+    "attempts": 1,
+    "created_at": "2026-11-29T08:00:00Z",
+    "started_at": "2026-11-29T08:00:00.050000Z",
+    "finished_at": "2026-11-29T08:00:09.120000Z",
+    "links": {
+        "self": _BASE,
+        "cancel": f"{_BASE}/cancel",
+        "progress": f"{_BASE}/progress",
+        "stream": f"{_BASE}/progress/stream",
+        "logs": f"{_BASE}/logs",
+        "artifacts": f"{_BASE}/artifacts",
+    },
+}
+
+
+class JobOut(BaseModel):
+    model_config = _examples(JOB_EXAMPLE)
+
+    id: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    stage: str
+    spec: JobSpec
+    error: ErrorOut | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: JobLinks
+
+
+class JobListOut(BaseModel):
+    model_config = _examples({"data": [JOB_EXAMPLE], "next_cursor": "MjAyNi0xMS0yOVQwODowMDowMA=="})
+
+    data: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class ProgressOut(BaseModel):
+    model_config = _examples(
+        {
+            "job_id": JOB_ID,
+            "status": "running",
+            "progress": 0.5250,
+            "stage": "denoising",
+            "stage_weights": {"loading_model": 0.1, "denoising": 0.85, "saving": 0.05},
+            "error": None,
+        }
+    )
+
+    job_id: str
+    status: JobStatus
+    progress: float
+    stage: str
+    stage_weights: dict[str, float]
+    error: ErrorOut | None
+
+
+ARTIFACT_EXAMPLE: dict[str, Any] = {
+    "key": f"jobs/{JOB_ID}/00-generate/000.png",
+    "content_type": "image/png",
+    "size_bytes": 1043211,
+    "sha256": "9f2c…",
+    "width": 1024,
+    "height": 1024,
+    "seed": 1234,
+    "step_index": 0,
+    "step_type": "generate",
+    "item_index": 0,
+    "url": f"http://127.0.0.1:8000/v1/artifacts/jobs/{JOB_ID}/00-generate/000.png"
+    "?expires=1764406800&signature=5d1e…",
+    "url_expires_at": "2026-11-29T09:00:00Z",
+}
+
+
+class ArtifactOut(BaseModel):
+    model_config = _examples(ARTIFACT_EXAMPLE)
+
+    key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int
+    height: int
+    seed: int
+    step_index: int
+    step_type: str
+    item_index: int
+    url: str = Field(description="Signed; anyone with it may fetch until url_expires_at.")
+    url_expires_at: datetime
+
+
+class ArtifactListOut(BaseModel):
+    model_config = _examples({"data": [ARTIFACT_EXAMPLE]})
+
+    data: list[ArtifactOut]
+
+
+MODEL_EXAMPLE: dict[str, Any] = {
+    "id": "tiny-sdxl",
+    "source": "builtin:tiny-sdxl",
+    "format": "diffusers",
+    "base": "sdxl",
+    "sha256": "3be4…",
+    "size_bytes": 15728640,
+    "status": "ready",
+    "defaults": {
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "guidance_scale": 5.0,
+        "scheduler": "euler",
+    },
+    "created_at": "2026-11-29T07:59:00Z",
+}
+
+
+class ModelOut(BaseModel):
+    model_config = _examples(MODEL_EXAMPLE)
+
+    id: str
+    source: str
+    format: str
+    base: str
+    sha256: str
+    size_bytes: int
+    status: str
+    defaults: ModelDefaults
+    created_at: datetime
+
+
+class ModelListOut(BaseModel):
+    model_config = _examples({"data": [MODEL_EXAMPLE]})
+
+    data: list[ModelOut]
+
+
+class HealthOut(BaseModel):
+    model_config = _examples({"status": "ok"})
+
+    status: str
+
+
+class ReadyOut(BaseModel):
+    model_config = _examples(
+        {"status": "ready", "checks": {"database": "ok", "queue": "ok", "storage": "ok"}}
+    )
+
+    status: str
+    checks: dict[str, str]
+
+
+class FieldProblemOut(BaseModel):
+    field: str
+    message: str
+    fix: str
+
+
+VALIDATION_PROBLEM_EXAMPLE: dict[str, Any] = {
+    "type": "urn:dreamforge:problem:validation-error",
+    "title": "The request is not valid",
+    "status": 422,
+    "detail": "width: Input should be a multiple of 8",
+    "instance": "/v1/jobs",
+    "code": "VALIDATION_ERROR",
+    "errors": [
+        {
+            "field": "width",
+            "message": "Input should be a multiple of 8",
+            "fix": "use a multiple of 8, e.g. 1024",
+        }
+    ],
+}
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with a stable ``code`` and, for bad input, ``errors``."""
+
+    model_config = _examples(VALIDATION_PROBLEM_EXAMPLE)
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+    errors: list[FieldProblemOut] | None = None
+
+
+_PROBLEM_EXAMPLES: dict[int, tuple[str, str, str]] = {
+    403: (
+        "FORBIDDEN",
+        "Signature invalid or expired",
+        "the URL's signature is invalid or it "
+        "has expired; list the artifacts again for a fresh URL",
+    ),
+    404: ("NOT_FOUND", "No such resource", f"job '{JOB_ID}' does not exist"),
+    409: (
+        "CONFLICT",
+        "State conflict",
+        f"job {JOB_ID} already succeeded; there is nothing to cancel",
+    ),
+    503: ("UNAVAILABLE", "Unavailable", "the database is unavailable; retry shortly"),
+}
+
+
+def _problem_example(status: int) -> tuple[str, dict[str, Any]]:
+    if status == 422:
+        return "Invalid request: each bad field is named, with a fix", VALIDATION_PROBLEM_EXAMPLE
+    code, description, detail = _PROBLEM_EXAMPLES[status]
+    return description, {
+        "type": f"urn:dreamforge:problem:{code.lower()}",
+        "title": description,
+        "status": status,
+        "detail": detail,
+        "instance": f"/v1/jobs/{JOB_ID}",
+        "code": code,
+    }
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can give, each with an example."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, example = _problem_example(status)
+        responses[status] = {
+            "model": Problem,
+            "description": description,
+            "content": {"application/problem+json": {"example": example}},
+        }
+    return responses

@@ -1,0 +1,1 @@
+"""Where images go: storage adapters, keys, signed URLs and PNG receipts."""

@@ -1,0 +1,74 @@
+"""The storage port and its local-directory adapter."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlencode, urlparse
+
+from dreamforge.artifacts.signing import UrlSigner
+
+
+class ArtifactStorage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def url(self, key: str, expires_in_s: int, base_url: str) -> str:
+        """A URL anyone holding it may fetch until it expires."""
+        ...
+
+    def check(self) -> None:
+        """Raise if the store cannot be written."""
+        ...
+
+
+class LocalStorage:
+    """Files under one directory, served by the API behind HMAC-signed, expiring URLs."""
+
+    def __init__(self, root: Path, signer: UrlSigner) -> None:
+        self.root = root
+        self._signer = signer
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"artifact key {key!r} escapes the storage root")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a crash mid-write never leaves a truncated image under the key.
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def url(self, key: str, expires_in_s: int, base_url: str) -> str:
+        expires = int(time.time()) + expires_in_s
+        query = urlencode({"expires": expires, "signature": self._signer.sign(key, expires)})
+        return f"{base_url.rstrip('/')}/v1/artifacts/{quote(key)}?{query}"
+
+    def check(self) -> None:
+        probe = self.root / ".ready"
+        probe.write_text("ok")
+        probe.unlink()
+
+
+def open_storage(url: str, signer: UrlSigner) -> ArtifactStorage:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(parsed.path), signer)
+    raise ValueError(f"unsupported storage URL {url!r}: use file://…")

@@ -1,0 +1,130 @@
+"""The ``dreamforge`` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from dreamforge.config import Settings
+
+app = typer.Typer(help="Dream Forge: an API-first render fabric for SDXL.", no_args_is_help=True)
+model_app = typer.Typer(help="Manage the model registry.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(db_app, name="db")
+console = Console()
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Default: $DREAMFORGE_DATA_DIR or ./data")
+]
+
+
+def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper("iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+    )
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="Default: 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: 8000")] = None,
+) -> None:
+    """Run everything in one process: API, worker, SQLite and local files."""
+    from dreamforge.api.app import create_app
+    from dreamforge.runtime import Runtime
+
+    _configure_logging()
+    settings = _settings(data_dir, host=host, port=port)
+    runtime = Runtime.build(settings)
+    runtime.prepare()
+    url = f"http://{settings.host}:{settings.port}"
+    console.print(
+        f"[bold green]Dream Forge[/] is starting at [link={url}]{url}[/link] "
+        f"(API docs: {url}/docs, data: {settings.data_dir.resolve()})"
+    )
+    uvicorn.run(
+        create_app(runtime, run_worker=True),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Apply every pending migration."""
+    from dreamforge.store.db import Database
+
+    settings = _settings(data_dir)
+    Database(settings.resolved_database_url).upgrade()
+    console.print("database is up to date")
+
+
+@model_app.command("create-tiny")
+def model_create_tiny(
+    model_id: Annotated[str, typer.Option("--id", help="Registry id")] = "tiny-sdxl",
+    data_dir: DataDir = None,
+) -> None:
+    """Build a tiny random-weight SDXL pipeline (for tests and demos) and register it."""
+    from dreamforge.models.registry import ModelRegistry, create_tiny_model
+    from dreamforge.store.db import Database
+    from dreamforge.store.models import ModelRepository
+
+    settings = _settings(data_dir)
+    db = Database(settings.resolved_database_url)
+    db.upgrade()
+    model = create_tiny_model(ModelRegistry(ModelRepository(db)), settings.models_dir, model_id)
+    console.print(
+        f"registered [bold]{model.id}[/] ({model.size_bytes / 1e6:.1f} MB, "
+        f"sha256 {model.sha256[:12]}…) at {model.path}"
+    )
+
+
+@model_app.command("list")
+def model_list(data_dir: DataDir = None) -> None:
+    """Show the registered models."""
+    from dreamforge.models.registry import ModelRegistry
+    from dreamforge.store.db import Database
+    from dreamforge.store.models import ModelRepository
+
+    settings = _settings(data_dir)
+    db = Database(settings.resolved_database_url)
+    db.upgrade()
+    table = Table("id", "status", "format", "size", "sha256", "source")
+    for model in ModelRegistry(ModelRepository(db)).list():
+        table.add_row(
+            model.id,
+            model.status,
+            model.format,
+            f"{model.size_bytes / 1e6:.1f} MB",
+            model.sha256[:12],
+            model.source,
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,68 @@
+"""The one settings object. Nothing else in Dream Forge reads ``os.environ``."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob, read from ``DREAMFORGE_*`` environment variables (12-factor).
+
+    The three URLs choose the profile: SQLite + in-memory broker + local files is the
+    embedded profile; PostgreSQL + Redis + S3 is the distributed one.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DREAMFORGE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where the embedded profile keeps its files.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite in data_dir."
+    )
+    broker_url: str = Field("memory://", description="memory:// (in-process) or redis://…")
+    storage_url: str | None = Field(None, description="file://… or s3://bucket; default: data_dir.")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(None, description="Base URL clients use; default from request.")
+
+    default_model_id: str = "tiny-sdxl"
+    max_width: int = Field(2048, ge=64)
+    max_height: int = Field(2048, ge=64)
+    max_steps: int = Field(150, ge=1)
+
+    signing_key: str | None = Field(None, description="HMAC key for artifact URLs.")
+    artifact_url_ttl_s: int = Field(3600, ge=1)
+
+    lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts.")
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its claim.")
+    sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
+    job_time_limit_s: int = Field(3600, ge=1, description="Hard limit on one job's run.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'dreamforge.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve() / 'artifacts'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def resolved_signing_key(self) -> bytes:
+        """The configured key, else one generated once and kept in the data dir."""
+        if self.signing_key:
+            return self.signing_key.encode()
+        path = self.data_dir / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()

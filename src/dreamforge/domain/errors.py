@@ -1,0 +1,66 @@
+"""Stable error codes and the exceptions that carry them across layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    MODEL_NOT_READY = "MODEL_NOT_READY"
+    GPU_OOM = "GPU_OOM"
+    INSUFFICIENT_VRAM = "INSUFFICIENT_VRAM"
+    TIMEOUT = "TIMEOUT"
+    CANCELED = "CANCELED"
+    RUNNER_ERROR = "RUNNER_ERROR"
+    WORKER_LOST = "WORKER_LOST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One bad field in a request: where it is, what is wrong, and how to fix it."""
+
+    field: str
+    message: str
+    fix: str
+
+
+@dataclass
+class DreamForgeError(Exception):
+    """An error with a stable code, safe to show to a client."""
+
+    code: ErrorCode
+    detail: str
+    errors: list[FieldProblem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+class NotFound(DreamForgeError):
+    def __init__(self, what: str, ident: str, code: ErrorCode = ErrorCode.NOT_FOUND) -> None:
+        super().__init__(code, f"{what} {ident!r} does not exist")
+
+
+class InvalidRequest(DreamForgeError):
+    def __init__(self, errors: list[FieldProblem], code: ErrorCode = ErrorCode.VALIDATION_ERROR):
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        super().__init__(code, detail, errors)
+
+
+class Conflict(DreamForgeError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.CONFLICT, detail)
+
+
+class Forbidden(DreamForgeError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.FORBIDDEN, detail)

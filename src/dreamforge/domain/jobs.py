@@ -1,0 +1,160 @@
+"""What a job is: its spec, its states and the moves between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from dreamforge.domain.errors import FieldProblem
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
+    # running -> queued is the reaper handing a lost job to another worker.
+    JobStatus.RUNNING: frozenset({JobStatus.QUEUED, *TERMINAL_STATUSES}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in ALLOWED_TRANSITIONS[current]
+
+
+class Scheduler(StrEnum):
+    """Samplers by the names A1111 users know (see ``SAMPLER_NAMES``)."""
+
+    EULER = "euler"
+    EULER_A = "euler_a"
+    DPMPP_2M = "dpmpp_2m"
+    DDIM = "ddim"
+    HEUN = "heun"
+    UNIPC = "unipc"
+
+
+SAMPLER_NAMES: dict[Scheduler, str] = {
+    Scheduler.EULER: "Euler",
+    Scheduler.EULER_A: "Euler a",
+    Scheduler.DPMPP_2M: "DPM++ 2M",
+    Scheduler.DDIM: "DDIM",
+    Scheduler.HEUN: "Heun",
+    Scheduler.UNIPC: "UniPC",
+}
+
+MAX_SEED = 2**32 - 1
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+Dimension = Annotated[int, Field(ge=64, multiple_of=8)]
+
+
+class JobRequest(BaseModel):
+    """What a client asks for. Unset fields take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt = Field(description="What to draw.", examples=["a lighthouse at dawn, oil"])
+    negative_prompt: str = Field("", max_length=4000, description="What to avoid.")
+    width: Dimension | None = Field(None, description="Pixels, a multiple of 8.")
+    height: Dimension | None = Field(None, description="Pixels, a multiple of 8.")
+    steps: int | None = Field(None, ge=1, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, ge=0, le=30, description="CFG scale.")
+    scheduler: Scheduler | None = Field(None, description="Sampler.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Omit for a random seed.")
+    model_id: str | None = Field(None, min_length=1, description="Default: the server's model.")
+
+
+class ModelDefaults(BaseModel):
+    """The settings a model works best with; they fill what a request leaves out."""
+
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    guidance_scale: float = 5.0
+    scheduler: Scheduler = Scheduler.EULER
+
+
+class JobSpec(BaseModel):
+    """A fully resolved job: every value the runner needs, nothing left to chance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: Scheduler
+    seed: int
+    model_id: str
+
+
+class Limits(BaseModel):
+    """Operator-set bounds that a request is checked against."""
+
+    max_width: int
+    max_height: int
+    max_steps: int
+
+
+def resolve_spec(request: JobRequest, model_id: str, defaults: ModelDefaults, seed: int) -> JobSpec:
+    """Fill what the request left out from the model's defaults and the drawn seed."""
+    return JobSpec(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width or defaults.width,
+        height=request.height or defaults.height,
+        steps=request.steps or defaults.steps,
+        guidance_scale=(
+            defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale
+        ),
+        scheduler=request.scheduler or defaults.scheduler,
+        seed=seed if request.seed is None else request.seed,
+        model_id=model_id,
+    )
+
+
+def check_limits(spec: JobSpec, limits: Limits) -> list[FieldProblem]:
+    """The problems with a resolved spec under the operator's limits; empty when it is fine."""
+    problems = []
+    if spec.width > limits.max_width:
+        problems.append(
+            FieldProblem(
+                "width",
+                f"{spec.width} is above the maximum {limits.max_width}",
+                f"use a width of at most {limits.max_width}",
+            )
+        )
+    if spec.height > limits.max_height:
+        problems.append(
+            FieldProblem(
+                "height",
+                f"{spec.height} is above the maximum {limits.max_height}",
+                f"use a height of at most {limits.max_height}",
+            )
+        )
+    if spec.steps > limits.max_steps:
+        problems.append(
+            FieldProblem(
+                "steps",
+                f"{spec.steps} is above the maximum {limits.max_steps}",
+                f"use at most {limits.max_steps} steps",
+            )
+        )
+    return problems

@@ -1,0 +1,42 @@
+"""How far along a job is, as one number from 0 to 1.
+
+A job passes through stages; each stage owns a fixed share of the bar, and denoising owns
+most of it, split evenly across the items it renders.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    LOADING_MODEL = "loading_model"
+    DENOISING = "denoising"
+    SAVING = "saving"
+    DONE = "done"
+
+
+STAGE_WEIGHTS: dict[Stage, float] = {
+    Stage.LOADING_MODEL: 0.10,
+    Stage.DENOISING: 0.85,
+    Stage.SAVING: 0.05,
+}
+
+_ORDER = [Stage.LOADING_MODEL, Stage.DENOISING, Stage.SAVING]
+
+
+def overall_progress(stage: Stage, fraction: float = 0.0) -> float:
+    """Progress of the whole job when ``stage`` is ``fraction`` done."""
+    if stage is Stage.QUEUED:
+        return 0.0
+    if stage is Stage.DONE:
+        return 1.0
+    before = sum(STAGE_WEIGHTS[s] for s in _ORDER[: _ORDER.index(stage)])
+    clamped = min(max(fraction, 0.0), 1.0)
+    return round(before + STAGE_WEIGHTS[stage] * clamped, 4)
+
+
+def denoising_fraction(item_index: int, item_count: int, step: int, steps: int) -> float:
+    """Fraction of the denoising stage done after ``step`` of ``steps`` on one item."""
+    return (item_index + step / steps) / item_count

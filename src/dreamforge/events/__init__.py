@@ -1,0 +1,1 @@
+"""Job events: the durable log in the database and the notifier that wakes streams."""

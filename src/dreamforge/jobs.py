@@ -1,0 +1,130 @@
+"""The job service: what the API does when a client creates or cancels a job."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from dreamforge.domain.errors import Conflict, ErrorCode, FieldProblem, InvalidRequest, NotFound
+from dreamforge.domain.events import EventType
+from dreamforge.domain.jobs import (
+    MAX_SEED,
+    JobRequest,
+    JobStatus,
+    Limits,
+    check_limits,
+    resolve_spec,
+)
+from dreamforge.domain.progress import Stage
+from dreamforge.events.log import EventLog, log_event, status_event
+from dreamforge.models.registry import ModelRegistry
+from dreamforge.store.jobs import JobRepository
+from dreamforge.store.records import Job
+from dreamforge.store.tables import utcnow
+
+log = structlog.get_logger(__name__)
+
+
+class JobService:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        events: EventLog,
+        models: ModelRegistry,
+        enqueue: Callable[[str], None],
+        limits: Limits,
+        default_model_id: str,
+    ) -> None:
+        self._jobs = jobs
+        self._events = events
+        self._models = models
+        self._enqueue = enqueue
+        self._limits = limits
+        self._default_model_id = default_model_id
+
+    def submit(self, request: JobRequest) -> Job:
+        model_id = request.model_id or self._default_model_id
+        model = self._models.get(model_id)
+        if model is None:
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        "model_id",
+                        f"no model {model_id!r} is registered",
+                        "use the id of a model listed by GET /v1/models",
+                    )
+                ],
+                code=ErrorCode.MODEL_NOT_FOUND,
+            )
+        if model.status != "ready":
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        "model_id",
+                        f"model {model_id!r} is {model.status}",
+                        "wait until GET /v1/models/{id} says ready, or pick another",
+                    )
+                ],
+                code=ErrorCode.MODEL_NOT_READY,
+            )
+        spec = resolve_spec(request, model_id, model.defaults, secrets.randbelow(MAX_SEED + 1))
+        problems = check_limits(spec, self._limits)
+        if problems:
+            raise InvalidRequest(problems)
+        job = self._jobs.create(
+            str(uuid.uuid4()),
+            spec,
+            [
+                status_event(JobStatus.QUEUED),
+                log_event(
+                    f"accepted: {spec.width}x{spec.height}, {spec.steps} steps, "
+                    f"seed {spec.seed}, model {model_id}",
+                    stage=Stage.QUEUED,
+                ),
+            ],
+        )
+        self._events.published(job.id)
+        try:
+            self._enqueue(job.id)
+        except Exception:  # the job is safe in the database; the reaper sends it later
+            log.exception("job.enqueue_failed", job_id=job.id)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound("job", job_id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job ends ``canceled`` at once; a running one is asked to stop."""
+        job = self.get(job_id)
+        if job.status is JobStatus.QUEUED:
+            canceled = self._events.transition(
+                job_id,
+                from_statuses=[JobStatus.QUEUED],
+                events=[
+                    log_event("canceled before it started", stage=Stage.QUEUED),
+                    status_event(JobStatus.CANCELED),
+                    (EventType.DONE, {"status": JobStatus.CANCELED.value, "error": None}),
+                ],
+                status=JobStatus.CANCELED.value,
+                cancel_requested=True,
+                finished_at=utcnow(),
+                stage=Stage.DONE.value,
+            )
+            if canceled is not None:
+                return self.get(job_id)
+            job = self.get(job_id)  # a worker claimed it meanwhile: cancel it running
+        if job.status is JobStatus.RUNNING:
+            if not job.cancel_requested:
+                self._events.record(
+                    job_id, [log_event("cancel requested", stage=job.stage)], cancel_requested=True
+                )
+            return self.get(job_id)
+        if job.status is JobStatus.CANCELED:
+            return job
+        raise Conflict(f"job {job_id} already {job.status.value}; there is nothing to cancel")

@@ -1,0 +1,1 @@
+"""Dispatch: the broker, the task entry points and the reaper."""

@@ -1,0 +1,55 @@
+"""Dramatiq brokers: in-memory for the embedded profile, Redis for the distributed one.
+
+Both run the same actors; only the transport differs. The broker carries job ids only:
+the database is the source of truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+GPU_QUEUE = "gpu"
+IO_QUEUE = "io"
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    if url.startswith("memory://"):
+        broker: dramatiq.Broker = StubBroker()
+        broker.emit_after("process_boot")
+        return broker
+    if url.startswith(("redis://", "rediss://")):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url)
+    raise ValueError(f"unsupported broker URL {url!r}: use memory:// or redis://…")
+
+
+class DramatiqQueue:
+    """The job queue over one Dramatiq actor, ``run_job``, on the GPU queue."""
+
+    def __init__(
+        self, broker: dramatiq.Broker, run_job: Callable[[str], Any], time_limit_s: int
+    ) -> None:
+        self.broker = broker
+        # Retries stay off here: the executor ends every job itself, and the reaper
+        # re-enqueues jobs whose worker vanished.
+        self.actor: dramatiq.Actor[[str], Any] = dramatiq.actor(
+            run_job,
+            broker=broker,
+            actor_name="run_job",
+            queue_name=GPU_QUEUE,
+            max_retries=0,
+            time_limit=(time_limit_s + 60) * 1000,
+        )
+
+    def enqueue(self, job_id: str) -> None:
+        self.actor.send(job_id)
+
+    def worker(self, queues: set[str], threads: int = 1) -> dramatiq.Worker:
+        return dramatiq.Worker(
+            self.broker, queues=queues, worker_threads=threads, worker_timeout=500
+        )

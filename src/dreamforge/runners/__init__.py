@@ -1,0 +1,1 @@
+"""Runners turn a job's step into images. The pipeline lives in a child process."""

@@ -1,0 +1,31 @@
+"""Choosing where the pipeline runs: CUDA, else Apple's MPS, else the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def select_device(requested: str | None = None) -> DeviceChoice:
+    """The requested device, or the best available; half precision on GPUs only."""
+    if requested:
+        device = torch.device(requested)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    dtype = torch.float32 if device.type == "cpu" else torch.float16
+    return DeviceChoice(device, dtype)

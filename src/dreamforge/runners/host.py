@@ -1,0 +1,145 @@
+"""A child process that owns the pipeline, as Replicate's Cog does.
+
+The worker process stays light and responsive (leases, cancel, time limits) while the
+child does the GPU work; a child that hangs or dies is killed and replaced, and the
+pipelines it had loaded stay loaded across jobs for as long as it lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+from collections.abc import Callable
+from enum import Enum
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import structlog
+
+from dreamforge.domain.errors import ErrorCode
+from dreamforge.runners.protocol import Failed, Finished, GenerateRequest, RunnerMessage
+
+log = structlog.get_logger(__name__)
+
+
+class Tick(Enum):
+    CONTINUE = "continue"
+    CANCEL = "cancel"  # ask the child to stop at the next denoising step
+    KILL = "kill"  # the child is past its time: end it now
+
+
+class RunnerCrashed(Exception):
+    """The child died or was killed before it finished the request."""
+
+
+def _child_main(
+    conn: multiprocessing.connection.Connection, cancel: Event, device: str | None
+) -> None:
+    from dreamforge.runners.device import select_device
+    from dreamforge.runners.sdxl import Canceled, SdxlRunner
+
+    runner = SdxlRunner(select_device(device))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if request is None:
+            return
+        try:
+            runner.generate(request, conn.send, cancel.is_set)
+            conn.send(Finished())
+        except Canceled:
+            conn.send(Failed(ErrorCode.CANCELED, "canceled by request"))
+        except FileNotFoundError as exc:
+            conn.send(Failed(ErrorCode.MODEL_NOT_READY, f"model files missing: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
+            code = (
+                ErrorCode.GPU_OOM
+                if "out of memory" in str(exc).lower()
+                else (ErrorCode.RUNNER_ERROR)
+            )
+            conn.send(Failed(code, f"{type(exc).__name__}: {exc}"))
+
+
+class RunnerHost:
+    def __init__(self, device: str | None = None) -> None:
+        self._device = device
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        self._cancel: Event = self._context.Event()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self) -> None:
+        if self.alive:
+            return
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(
+            target=_child_main,
+            args=(child, self._cancel, self._device),
+            name="dreamforge-runner",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        log.info("runner.started", pid=self._process.pid)
+
+    def run(
+        self,
+        request: GenerateRequest,
+        on_message: Callable[[RunnerMessage], None],
+        tick: Callable[[], Tick],
+        poll_s: float = 0.05,
+    ) -> Finished | Failed:
+        """Send one request and relay the child's messages until it ends."""
+        self.start()
+        assert self._conn is not None
+        self._cancel.clear()
+        self._conn.send(request)
+        while True:
+            if self._conn.poll(poll_s):
+                try:
+                    message = self._conn.recv()
+                except (EOFError, OSError) as exc:
+                    self._discard()
+                    raise RunnerCrashed("the runner process died") from exc
+                if isinstance(message, Finished | Failed):
+                    return message
+                on_message(message)
+            elif not self.alive:
+                code = self._process.exitcode if self._process else None
+                self._discard()
+                raise RunnerCrashed(f"the runner process exited with code {code}")
+            decision = tick()
+            if decision is Tick.CANCEL:
+                self._cancel.set()
+            elif decision is Tick.KILL:
+                self.kill()
+                raise RunnerCrashed("the runner process was killed")
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+        self._discard()
+
+    def stop(self) -> None:
+        if self._conn is not None and self.alive:
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+            self._process.join(5)
+        if self.alive:
+            self.kill()
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._process = None

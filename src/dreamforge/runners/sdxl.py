@@ -1,0 +1,160 @@
+"""The SDXL runner: diffusers' StableDiffusionXLPipeline, kept loaded between jobs."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils import logging as diffusers_logging
+
+from dreamforge import __version__
+from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
+from dreamforge.domain.jobs import Scheduler
+from dreamforge.runners.device import DeviceChoice
+from dreamforge.runners.protocol import (
+    GenerateRequest,
+    ItemRendered,
+    ModelLoaded,
+    ModelRef,
+    RunnerMessage,
+    StepDone,
+)
+
+SCHEDULERS: dict[Scheduler, Any] = {
+    Scheduler.EULER: EulerDiscreteScheduler,
+    Scheduler.EULER_A: EulerAncestralDiscreteScheduler,
+    Scheduler.DPMPP_2M: DPMSolverMultistepScheduler,
+    Scheduler.DDIM: DDIMScheduler,
+    Scheduler.HEUN: HeunDiscreteScheduler,
+    Scheduler.UNIPC: UniPCMultistepScheduler,
+}
+
+
+class Canceled(Exception):
+    """Raised from the step callback to stop denoising at once."""
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "dreamforge": __version__,
+        "diffusers": version("diffusers"),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+    }
+
+
+class SdxlRunner:
+    def __init__(self, device: DeviceChoice, max_pipelines: int = 1) -> None:
+        self._device = device
+        self._max_pipelines = max_pipelines
+        self._pipelines: OrderedDict[str, tuple[str, StableDiffusionXLPipeline, Any]] = (
+            OrderedDict()
+        )
+        self._versions = library_versions()
+        diffusers_logging.disable_progress_bar()
+
+    def _load(self, model: ModelRef) -> tuple[StableDiffusionXLPipeline, Any, ModelLoaded]:
+        started = time.perf_counter()
+        cached = self._pipelines.get(model.id)
+        if cached is not None and cached[0] == model.sha256:
+            self._pipelines.move_to_end(model.id)
+            _, pipe, scheduler_config = cached
+            loaded = ModelLoaded(
+                model.id,
+                time.perf_counter() - started,
+                True,
+                str(self._device.device),
+                self._device.dtype_name,
+            )
+            return pipe, scheduler_config, loaded
+        while len(self._pipelines) >= self._max_pipelines:
+            self._pipelines.popitem(last=False)
+        if model.format == "single_file":
+            pipe = StableDiffusionXLPipeline.from_single_file(
+                model.path, dtype=self._device.dtype, local_files_only=True
+            )
+        else:
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                model.path, dtype=self._device.dtype, local_files_only=True
+            )
+        pipe = pipe.to(self._device.device)
+        pipe.set_progress_bar_config(disable=True)
+        scheduler_config = pipe.scheduler.config
+        self._pipelines[model.id] = (model.sha256, pipe, scheduler_config)
+        loaded = ModelLoaded(
+            model.id,
+            time.perf_counter() - started,
+            False,
+            str(self._device.device),
+            self._device.dtype_name,
+        )
+        return pipe, scheduler_config, loaded
+
+    def generate(
+        self,
+        request: GenerateRequest,
+        emit: Callable[[RunnerMessage], None],
+        should_cancel: Callable[[], bool],
+    ) -> None:
+        """Render every requested item, reporting each step; raises ``Canceled``."""
+        spec = request.spec
+        pipe, scheduler_config, loaded = self._load(request.model)
+        emit(loaded)
+        pipe.scheduler = SCHEDULERS[spec.scheduler].from_config(scheduler_config)
+        for item in request.items:
+
+            def on_step_end(
+                _pipe: Any,
+                step: int,
+                _timestep: Any,
+                kwargs: dict[str, Any],
+                item_index: int = item.index,
+            ) -> dict[str, Any]:
+                emit(StepDone(item_index, step + 1, spec.steps))
+                if should_cancel():
+                    raise Canceled
+                return kwargs
+
+            # A CPU generator gives the same noise for a seed on every device.
+            generator = torch.Generator(device="cpu").manual_seed(item.seed)
+            image = pipe(
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt or None,
+                width=spec.width,
+                height=spec.height,
+                num_inference_steps=spec.steps,
+                guidance_scale=spec.guidance_scale,
+                generator=generator,
+                callback_on_step_end=on_step_end,
+            ).images[0]
+            receipt = Receipt(
+                spec=spec,
+                seed=item.seed,
+                step_index=request.step_index,
+                step_type="generate",
+                item_index=item.index,
+                model=ModelReceipt(
+                    id=request.model.id, sha256=request.model.sha256, source=request.model.source
+                ),
+                versions=self._versions,
+                device=loaded.device,
+                dtype=loaded.dtype,
+            )
+            emit(
+                ItemRendered(
+                    item.index, item.seed, encode_png(image, receipt), image.width, image.height
+                )
+            )

@@ -1,0 +1,58 @@
+"""The model registry's table."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from dreamforge.domain.jobs import ModelDefaults
+from dreamforge.store.db import Database
+from dreamforge.store.records import Model, ModelFile
+from dreamforge.store.tables import ModelRow
+
+
+def _model(row: ModelRow) -> Model:
+    return Model(
+        id=row.id,
+        source=row.source,
+        path=row.path,
+        format=row.format,
+        base=row.base,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        files=[ModelFile(**f) for f in row.files],
+        defaults=ModelDefaults.model_validate(row.defaults),
+        status=row.status,
+        created_at=row.created_at,
+    )
+
+
+class ModelRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def upsert(self, model: Model) -> Model:
+        """Insert or replace in one transaction, so a reader never sees half an entry."""
+        with self._db.transaction() as session:
+            row = session.get(ModelRow, model.id) or ModelRow(id=model.id)
+            row.source, row.path, row.format, row.base = (
+                model.source,
+                model.path,
+                model.format,
+                model.base,
+            )
+            row.sha256, row.size_bytes, row.status = model.sha256, model.size_bytes, model.status
+            row.files = [f.__dict__ for f in model.files]
+            row.defaults = model.defaults.model_dump(mode="json")
+            row.created_at = model.created_at
+            session.add(row)
+            session.flush()
+            return _model(row)
+
+    def get(self, model_id: str) -> Model | None:
+        with self._db.transaction() as session:
+            row = session.get(ModelRow, model_id)
+            return _model(row) if row else None
+
+    def list(self) -> list[Model]:
+        with self._db.transaction() as session:
+            return [_model(r) for r in session.scalars(select(ModelRow).order_by(ModelRow.id))]

@@ -1,0 +1,74 @@
+"""Plain, immutable snapshots of rows, handed out by the repositories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dreamforge.domain.events import EventType
+from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: JobStatus
+    spec: JobSpec
+    progress: float
+    stage: str
+    error: dict[str, Any] | None
+    cancel_requested: bool
+    attempts: int
+    lease_owner: str | None
+    last_seq: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    seq: int
+    type: EventType
+    data: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Artifact:
+    job_id: str
+    step_index: int
+    step_type: str
+    item_index: int
+    key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int
+    height: int
+    seed: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    source: str
+    path: str
+    format: str
+    base: str
+    sha256: str
+    size_bytes: int
+    files: list[ModelFile]
+    defaults: ModelDefaults
+    status: str
+    created_at: datetime

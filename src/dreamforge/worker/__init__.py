@@ -1,0 +1,1 @@
+"""The worker side: claiming jobs and walking them through their steps."""

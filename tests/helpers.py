@@ -1,0 +1,67 @@
+"""Small client-side helpers the tests share: following SSE, waiting for jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+def read_stream(
+    client: httpx.Client,
+    job_id: str,
+    last_event_id: int | None = None,
+    limit: int | None = None,
+    timeout: float = 120,
+) -> list[Event]:
+    """Events from the job's SSE stream, until it closes or ``limit`` are read."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    events: list[Event] = []
+    with connect_sse(
+        client, "GET", f"/v1/jobs/{job_id}/progress/stream", headers=headers, timeout=timeout
+    ) as source:
+        for sse in source.iter_sse():
+            if not sse.data:
+                # httpx-sse dispatches heartbeat comments as empty events; the spec says
+                # an empty data buffer dispatches nothing.
+                continue
+            events.append(Event(int(sse.id), sse.event, json.loads(sse.data)))
+            if limit is not None and len(events) >= limit:
+                break
+    return events
+
+
+def submit(client: httpx.Client, **spec: Any) -> dict[str, Any]:
+    response = client.post("/v1/jobs", json={"prompt": "a red fox in snow", **spec})
+    assert response.status_code == 202, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def wait_for(
+    client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stayed {job['status']}, wanted {statuses}")
+        time.sleep(0.05)
+
+
+def run_to_end(client: httpx.Client, **spec: Any) -> tuple[dict[str, Any], list[Event]]:
+    job = submit(client, **spec)
+    events = read_stream(client, job["id"])
+    return client.get(f"/v1/jobs/{job['id']}").json(), events
