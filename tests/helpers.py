@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,11 @@ def read_stream(
     job_id: str,
     last_event_id: int | None = None,
     limit: int | None = None,
+    until: Callable[[Event], bool] | None = None,
     timeout: float = 120,
 ) -> list[Event]:
-    """Events from the job's SSE stream, until it closes or ``limit`` are read."""
+    """Events from the job's SSE stream, until it closes, ``limit`` are read, or one
+    matches ``until``."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
     events: list[Event] = []
     with connect_sse(
@@ -38,6 +41,8 @@ def read_stream(
                 continue
             events.append(Event(int(sse.id), sse.event, json.loads(sse.data)))
             if limit is not None and len(events) >= limit:
+                break
+            if until is not None and until(events[-1]):
                 break
     return events
 

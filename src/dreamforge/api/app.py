@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from dreamforge import __version__
 from dreamforge.api import problems
+from dreamforge.api.problems import PROBLEM_JSON
 from dreamforge.api.routers import artifacts, health, jobs, logs, models, progress
+from dreamforge.api.schemas import problem_example
 from dreamforge.runtime import Runtime
 
 DESCRIPTION = """\
@@ -49,4 +53,34 @@ def create_app(runtime: Runtime, *, run_worker: bool = False) -> FastAPI:
         models.router,
     ):
         app.include_router(router)
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """Errors are problem documents: FastAPI's own 422 body and the ``application/json``
+    it lists beside each declared problem response are replaced by the real media type."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    description, example = problem_example(422)
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "HTTPValidationError" in str(responses.get("422", "")):
+                responses["422"] = {
+                    "description": description,
+                    "content": {PROBLEM_JSON: {"example": example}},
+                }
+            for response in responses.values():
+                content = response.get("content", {})
+                if PROBLEM_JSON in content:
+                    content.pop("application/json", None)
+                    content[PROBLEM_JSON]["schema"] = problem_ref
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    app.openapi_schema = schema
+    return schema

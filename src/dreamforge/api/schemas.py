@@ -255,12 +255,12 @@ _PROBLEM_EXAMPLES: dict[int, tuple[str, str, str]] = {
 }
 
 
-def _problem_example(status: int) -> tuple[str, dict[str, Any]]:
+def problem_example(status: int) -> tuple[str, dict[str, Any]]:
     if status == 422:
         return "Invalid request: each bad field is named, with a fix", VALIDATION_PROBLEM_EXAMPLE
     code, description, detail = _PROBLEM_EXAMPLES[status]
     return description, {
-        "type": f"urn:dreamforge:problem:{code.lower()}",
+        "type": f"urn:dreamforge:problem:{code.lower().replace('_', '-')}",
         "title": description,
         "status": status,
         "detail": detail,
@@ -273,7 +273,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem responses a route can give, each with an example."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        description, example = _problem_example(status)
+        description, example = problem_example(status)
         responses[status] = {
             "model": Problem,
             "description": description,

@@ -1,0 +1,79 @@
+"""The pure core: specs, limits, states and progress."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamforge.domain.jobs import (
+    JobRequest,
+    JobStatus,
+    Limits,
+    ModelDefaults,
+    Scheduler,
+    can_transition,
+    check_limits,
+    resolve_spec,
+)
+from dreamforge.domain.progress import Stage, denoising_fraction, overall_progress
+
+DEFAULTS = ModelDefaults(
+    width=64, height=64, steps=4, guidance_scale=5.0, scheduler=Scheduler.EULER
+)
+
+
+def test_unset_fields_come_from_the_model_and_the_drawn_seed() -> None:
+    spec = resolve_spec(JobRequest(prompt="  a cat  "), "m", DEFAULTS, seed=77)
+    assert (spec.prompt, spec.width, spec.height, spec.steps, spec.seed, spec.model_id) == (
+        "a cat",
+        64,
+        64,
+        4,
+        77,
+        "m",
+    )
+
+
+def test_set_fields_win_even_when_falsy() -> None:
+    spec = resolve_spec(
+        JobRequest(prompt="x", guidance_scale=0, seed=0, width=128), "m", DEFAULTS, seed=77
+    )
+    assert (spec.guidance_scale, spec.seed, spec.width) == (0, 0, 128)
+
+
+def test_limits_name_each_field_over_them() -> None:
+    spec = resolve_spec(
+        JobRequest(prompt="x", width=1024, height=2048, steps=200), "m", DEFAULTS, seed=1
+    )
+    problems = check_limits(spec, Limits(max_width=512, max_height=1024, max_steps=150))
+    assert [p.field for p in problems] == ["width", "height", "steps"]
+    assert problems[0].fix == "use a width of at most 512"
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "allowed"),
+    [
+        (JobStatus.QUEUED, JobStatus.RUNNING, True),
+        (JobStatus.QUEUED, JobStatus.CANCELED, True),
+        (JobStatus.QUEUED, JobStatus.SUCCEEDED, False),
+        (JobStatus.RUNNING, JobStatus.QUEUED, True),
+        (JobStatus.SUCCEEDED, JobStatus.RUNNING, False),
+        (JobStatus.CANCELED, JobStatus.QUEUED, False),
+    ],
+)
+def test_state_machine(current: JobStatus, target: JobStatus, allowed: bool) -> None:
+    assert can_transition(current, target) is allowed
+
+
+def test_progress_is_monotonic_through_the_stages() -> None:
+    points = [overall_progress(Stage.QUEUED), overall_progress(Stage.LOADING_MODEL)]
+    points += [
+        overall_progress(Stage.DENOISING, denoising_fraction(0, 1, s, 4)) for s in range(1, 5)
+    ]
+    points += [
+        overall_progress(Stage.SAVING),
+        overall_progress(Stage.SAVING, 1.0),
+        overall_progress(Stage.DONE),
+    ]
+    assert points == sorted(points)
+    assert points[0] == 0.0 and points[-1] == 1.0
+    assert overall_progress(Stage.SAVING, 1.0) == pytest.approx(1.0)

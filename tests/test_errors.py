@@ -1,0 +1,116 @@
+"""Every refusal is an RFC 9457 problem that names the field and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import LiveServer
+
+PROBLEM = "application/problem+json"
+
+
+def create(live: LiveServer, body: Any) -> dict[str, Any]:
+    response = live.client.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    problem: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail", "instance", "code"} <= set(problem)
+    assert problem["status"] == 422 and problem["instance"] == "/v1/jobs"
+    return problem
+
+
+def fields(problem: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {e["field"]: e for e in problem["errors"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fix_contains"),
+    [
+        ({"prompt": "x", "width": 65}, "width", "multiple of 8"),
+        ({"prompt": "x", "height": 100}, "height", "multiple of 8"),
+        ({"prompt": "x", "width": 32}, "width", "at least 64"),
+        ({"prompt": "x", "width": 1024}, "width", "at most 512"),  # the server's max is 512
+        ({"prompt": "x", "height": 1024}, "height", "at most 512"),
+        ({"prompt": "x", "steps": 0}, "steps", "at least 1"),
+        ({"prompt": "x", "steps": 151}, "steps", "at most 150"),
+        ({"prompt": "   "}, "prompt", "non-empty"),
+        ({}, "prompt", "required"),
+        ({"prompt": "x", "guidance_scale": 31}, "guidance_scale", "at most 30"),
+        ({"prompt": "x", "scheduler": "plms"}, "scheduler", "euler"),
+        ({"prompt": "x", "seed": -1}, "seed", "at least 0"),
+        ({"prompt": "x", "seed": 2**32}, "seed", "at most"),
+        ({"prompt": "x", "steps": "many"}, "steps", "whole number"),
+        ({"prompt": "x", "colour": "red"}, "colour", "remove this field"),
+    ],
+)
+def test_bad_fields_are_named_with_a_fix(
+    live: LiveServer, body: dict[str, Any], field: str, fix_contains: str
+) -> None:
+    problem = create(live, body)
+    assert problem["code"] == "VALIDATION_ERROR"
+    assert field in fields(problem), problem
+    assert fix_contains in fields(problem)[field]["fix"]
+    assert field in problem["detail"]
+
+
+def test_every_bad_field_is_reported_at_once(live: LiveServer) -> None:
+    problem = create(live, {"prompt": "", "width": 65, "steps": 0})
+    assert set(fields(problem)) == {"prompt", "width", "steps"}
+
+
+def test_an_unknown_model_is_model_not_found(live: LiveServer) -> None:
+    problem = create(live, {"prompt": "x", "model_id": "no-such-model"})
+    assert problem["code"] == "MODEL_NOT_FOUND"
+    assert "GET /v1/models" in fields(problem)["model_id"]["fix"]
+
+
+def test_a_body_that_is_not_json_is_named(live: LiveServer) -> None:
+    response = live.client.post(
+        "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["fix"] == "send a valid JSON body"
+
+
+def test_refused_requests_leave_no_job_behind(live: LiveServer) -> None:
+    before = live.client.get("/v1/jobs", params={"limit": 100}).json()["data"]
+    create(live, {"prompt": "x", "width": 65})
+    create(live, {"prompt": "x", "model_id": "nope"})
+    after = live.client.get("/v1/jobs", params={"limit": 100}).json()["data"]
+    assert [j["id"] for j in after] == [j["id"] for j in before]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/{id}"),
+        ("POST", "/v1/jobs/{id}/cancel"),
+        ("GET", "/v1/jobs/{id}/progress"),
+        ("GET", "/v1/jobs/{id}/progress/stream"),
+        ("GET", "/v1/jobs/{id}/logs"),
+        ("GET", "/v1/jobs/{id}/artifacts"),
+    ],
+)
+def test_an_unknown_job_is_a_404_problem(live: LiveServer, method: str, path: str) -> None:
+    response = live.client.request(method, path.format(id="0000-missing"))
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["code"] == "NOT_FOUND"
+    assert "0000-missing" in response.json()["detail"]
+
+
+def test_query_parameters_are_validated_too(live: LiveServer) -> None:
+    bad_limit = live.client.get("/v1/jobs", params={"limit": 0})
+    assert bad_limit.status_code == 422 and bad_limit.json()["errors"][0]["field"] == "limit"
+    bad_cursor = live.client.get("/v1/jobs", params={"cursor": "garbage!"})
+    assert bad_cursor.status_code == 422 and bad_cursor.json()["errors"][0]["field"] == "cursor"
+    bad_status = live.client.get("/v1/jobs", params={"status": "done"})
+    assert bad_status.status_code == 422 and bad_status.json()["errors"][0]["field"] == "status"
+
+
+def test_unknown_routes_are_problems_too(live: LiveServer) -> None:
+    response = live.client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM

@@ -1,0 +1,123 @@
+"""The job repository on SQLite and PostgreSQL: claims, sequences, pages, orphans."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from dreamforge.domain.events import EventType
+from dreamforge.domain.jobs import JobSpec, JobStatus, Scheduler
+from dreamforge.events.log import log_event, status_event
+from dreamforge.store.db import Database
+from dreamforge.store.jobs import JobRepository
+
+SPEC = JobSpec(
+    prompt="p",
+    negative_prompt="",
+    width=64,
+    height=64,
+    steps=4,
+    guidance_scale=5.0,
+    scheduler=Scheduler.EULER,
+    seed=2**32 - 1,
+    model_id="tiny-sdxl",
+)
+
+
+def new_job(jobs: JobRepository) -> str:
+    job_id = str(uuid.uuid4())
+    jobs.create(job_id, SPEC, [status_event(JobStatus.QUEUED)])
+    return job_id
+
+
+def test_a_job_round_trips_with_its_spec(database: Database) -> None:
+    jobs = JobRepository(database)
+    job_id = new_job(jobs)
+    job = jobs.get(job_id)
+    assert job is not None
+    assert job.spec == SPEC  # including a seed that needs 64 bits in PostgreSQL
+    assert job.status is JobStatus.QUEUED and job.last_seq == 1
+    assert job.created_at.tzinfo is not None
+
+
+def test_only_one_of_two_workers_claims_a_job(database: Database) -> None:
+    jobs = JobRepository(database)
+    job_id = new_job(jobs)
+    first = jobs.claim(job_id, "worker-a", 30, [status_event(JobStatus.RUNNING)])
+    second = jobs.claim(job_id, "worker-b", 30, [status_event(JobStatus.RUNNING)])
+    assert first is not None and first.lease_owner == "worker-a" and first.attempts == 1
+    assert second is None
+    assert [e.type for e in jobs.events(job_id)] == [EventType.STATUS, EventType.STATUS]
+
+
+def test_concurrent_writers_get_distinct_gapless_sequence_numbers(database: Database) -> None:
+    jobs = JobRepository(database)
+    job_id = new_job(jobs)
+
+    def write(n: int) -> None:
+        for i in range(10):
+            jobs.record(job_id, [log_event(f"{n}-{i}"), log_event(f"{n}-{i}b")])
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seqs = [e.seq for e in jobs.events(job_id)]
+    assert seqs == list(range(1, 82))
+    messages = [e.data["message"] for e in jobs.events(job_id) if e.type is EventType.LOG]
+    for n in range(4):  # each writer's pair stayed adjacent: one transaction each
+        for i in range(10):
+            at = messages.index(f"{n}-{i}")
+            assert messages[at + 1] == f"{n}-{i}b"
+
+
+def test_transitions_hold_only_from_the_stated_status_and_owner(database: Database) -> None:
+    jobs = JobRepository(database)
+    job_id = new_job(jobs)
+    jobs.claim(job_id, "worker-a", 30, [])
+    wrong_owner = jobs.transition(
+        job_id,
+        from_statuses=[JobStatus.RUNNING],
+        owner="worker-b",
+        events=[status_event(JobStatus.SUCCEEDED)],
+        status=JobStatus.SUCCEEDED.value,
+    )
+    assert wrong_owner is None
+    right = jobs.transition(
+        job_id,
+        from_statuses=[JobStatus.RUNNING],
+        owner="worker-a",
+        events=[status_event(JobStatus.SUCCEEDED)],
+        status=JobStatus.SUCCEEDED.value,
+    )
+    assert right is not None and right[0].seq == 2
+    job = jobs.get(job_id)
+    assert job is not None and job.status is JobStatus.SUCCEEDED
+
+
+def test_pages_cover_every_job_once_newest_first(database: Database) -> None:
+    jobs = JobRepository(database)
+    ids = [new_job(jobs) for _ in range(7)]
+    seen, cursor = [], None
+    while True:
+        page = jobs.page(None, 3, cursor)
+        seen += [j.id for j in page.jobs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ids[::-1]
+
+
+def test_orphans_are_running_jobs_past_their_lease(database: Database) -> None:
+    jobs = JobRepository(database)
+    fresh, stale, queued = new_job(jobs), new_job(jobs), new_job(jobs)
+    jobs.claim(fresh, "w", 60, [])
+    jobs.claim(stale, "w", -1, [])
+    stale_job = jobs.get(stale)
+    assert stale_job is not None
+    from datetime import UTC, datetime
+
+    assert [j.id for j in jobs.orphaned(datetime.now(UTC))] == [stale]
+    assert {j.id for j in jobs.orphaned(None)} == {fresh, stale}
+    assert jobs.queued_ids() == [queued]
