@@ -45,7 +45,7 @@ def test_only_one_of_two_workers_claims_a_job(database: Database) -> None:
     job_id = new_job(jobs)
     first = jobs.claim(job_id, "worker-a", 30, [status_event(JobStatus.RUNNING)])
     second = jobs.claim(job_id, "worker-b", 30, [status_event(JobStatus.RUNNING)])
-    assert first is not None and first.lease_owner == "worker-a" and first.attempts == 1
+    assert first is not None and first[0].lease_owner == "worker-a" and first[0].attempts == 1
     assert second is None
     assert [e.type for e in jobs.events(job_id)] == [EventType.STATUS, EventType.STATUS]
 

@@ -74,7 +74,7 @@ class JobService:
         problems = check_limits(spec, self._limits)
         if problems:
             raise InvalidRequest(problems)
-        job = self._jobs.create(
+        job = self._events.create(
             str(uuid.uuid4()),
             spec,
             [
@@ -86,7 +86,6 @@ class JobService:
                 ),
             ],
         )
-        self._events.published(job.id)
         try:
             self._enqueue(job.id)
         except Exception:  # the job is safe in the database; the reaper sends it later
@@ -121,9 +120,7 @@ class JobService:
             job = self.get(job_id)  # a worker claimed it meanwhile: cancel it running
         if job.status is JobStatus.RUNNING:
             if not job.cancel_requested:
-                self._events.record(
-                    job_id, [log_event("cancel requested", stage=job.stage)], cancel_requested=True
-                )
+                self._events.request_cancel(job_id, job.stage)
             return self.get(job_id)
         if job.status is JobStatus.CANCELED:
             return job

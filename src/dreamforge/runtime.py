@@ -114,6 +114,7 @@ class Runtime:
             JobExecutor(
                 self.jobs,
                 self.events,
+                self.notifier,
                 self.models,
                 self.storage,
                 self._runner,

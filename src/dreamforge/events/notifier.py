@@ -1,7 +1,9 @@
 """The notifier port and its in-process adapter.
 
-A notifier carries no data, only "job X has new events": the database holds the events,
-so a missed or duplicated wake-up costs a read, never an event.
+A notifier tells streams "job X has these new events" and workers "job X should stop".
+The database stays the source of truth: events it carries are a fast path that a stream
+checks for gaps against the log, and a missed signal costs a read, never an event or a
+cancel.
 """
 
 from __future__ import annotations
@@ -10,72 +12,123 @@ import asyncio
 import contextlib
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Protocol
 
+from dreamforge.store.records import JobEvent
+
 
 class Subscription(Protocol):
-    async def wait(self, timeout: float) -> None:
-        """Return when the job may have new events, or after ``timeout`` seconds."""
+    async def wait(self, timeout: float) -> list[JobEvent]:
+        """Events published since the last call, waiting up to ``timeout`` seconds for
+        some; an empty list means "nothing arrived: look in the log"."""
         ...
 
     def close(self) -> None: ...
 
 
 class Notifier(Protocol):
-    def publish(self, job_id: str) -> None: ...
+    def publish(self, job_id: str, events: Sequence[JobEvent]) -> None: ...
 
-    def subscribe(self, job_id: str) -> Subscription: ...
+    def subscribe(self, job_id: str) -> Subscription:
+        """Must be called from the event loop that will wait on the subscription."""
+        ...
+
+    def publish_cancel(self, job_id: str) -> None: ...
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Cheap and local: whether a cancel signal for the job has reached this process."""
+        ...
+
+    def forget_cancel(self, job_id: str) -> None: ...
 
 
-class _LocalSubscription:
-    def __init__(self, owner: InProcessNotifier, job_id: str) -> None:
-        self._owner = owner
+class LocalSubscription:
+    """Buffers events handed over from any thread until its stream asks for them."""
+
+    def __init__(self, on_close: Callable[[LocalSubscription], None], job_id: str) -> None:
+        self._on_close = on_close
         self.job_id = job_id
         self.loop = asyncio.get_running_loop()
-        self.event = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._pending: list[JobEvent] = []
 
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout)
-        self.event.clear()
+    def deliver(self, events: Sequence[JobEvent]) -> None:
+        """Thread-safe: queue events for the stream and wake it."""
+        self.loop.call_soon_threadsafe(self._take, list(events))
+
+    def _take(self, events: list[JobEvent]) -> None:
+        self._pending.extend(events)
+        self._arrived.set()
+
+    async def wait(self, timeout: float) -> list[JobEvent]:
+        if not self._pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        self._arrived.clear()
+        events, self._pending = self._pending, []
+        return events
 
     def close(self) -> None:
-        self._owner._remove(self)
+        self._on_close(self)
 
-    def __enter__(self) -> _LocalSubscription:
+    def __enter__(self) -> LocalSubscription:
         return self
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
 
 
-class InProcessNotifier:
-    """Wakes asyncio streams from any thread of the same process."""
+class SubscriberSet:
+    """Thread-safe fan-out of events to the subscriptions of each job in this process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscriptions: dict[str, set[_LocalSubscription]] = defaultdict(set)
+        self._subscriptions: dict[str, set[LocalSubscription]] = defaultdict(set)
 
-    def subscribe(self, job_id: str) -> _LocalSubscription:
-        subscription = _LocalSubscription(self, job_id)
+    def add(self, job_id: str) -> LocalSubscription:
+        subscription = LocalSubscription(self.remove, job_id)
         with self._lock:
             self._subscriptions[job_id].add(subscription)
         return subscription
 
-    def publish(self, job_id: str) -> None:
-        with self._lock:
-            subscriptions = list(self._subscriptions.get(job_id, ()))
-        for subscription in subscriptions:
-            try:
-                subscription.loop.call_soon_threadsafe(subscription.event.set)
-            except RuntimeError:  # the stream's loop has closed
-                self._remove(subscription)
-
-    def _remove(self, subscription: _LocalSubscription) -> None:
+    def remove(self, subscription: LocalSubscription) -> None:
         with self._lock:
             subscribers = self._subscriptions.get(subscription.job_id)
             if subscribers is not None:
                 subscribers.discard(subscription)
                 if not subscribers:
                     del self._subscriptions[subscription.job_id]
+
+    def deliver(self, job_id: str, events: Sequence[JobEvent]) -> None:
+        with self._lock:
+            subscriptions = list(self._subscriptions.get(job_id, ()))
+        for subscription in subscriptions:
+            try:
+                subscription.deliver(events)
+            except RuntimeError:  # the stream's loop has closed
+                self.remove(subscription)
+
+
+class InProcessNotifier:
+    """The embedded profile's notifier: API and worker share one process."""
+
+    def __init__(self) -> None:
+        self._subscribers = SubscriberSet()
+        self._canceled: set[str] = set()
+
+    def subscribe(self, job_id: str) -> LocalSubscription:
+        return self._subscribers.add(job_id)
+
+    def publish(self, job_id: str, events: Sequence[JobEvent]) -> None:
+        self._subscribers.deliver(job_id, events)
+
+    def publish_cancel(self, job_id: str) -> None:
+        self._canceled.add(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return job_id in self._canceled
+
+    def forget_cancel(self, job_id: str) -> None:
+        self._canceled.discard(job_id)

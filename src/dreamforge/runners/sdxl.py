@@ -63,6 +63,7 @@ class SdxlRunner:
         self._pipelines: OrderedDict[str, tuple[str, StableDiffusionXLPipeline, Any]] = (
             OrderedDict()
         )
+        self._schedulers: dict[tuple[str, Scheduler], Any] = {}
         self._versions = library_versions()
         diffusers_logging.disable_progress_bar()
 
@@ -80,8 +81,10 @@ class SdxlRunner:
                 self._device.dtype_name,
             )
             return pipe, scheduler_config, loaded
+        self._pipelines.pop(model.id, None)
         while len(self._pipelines) >= self._max_pipelines:
             self._pipelines.popitem(last=False)
+        self._schedulers = {k: v for k, v in self._schedulers.items() if k[0] in self._pipelines}
         if model.format == "single_file":
             pipe = StableDiffusionXLPipeline.from_single_file(
                 model.path, dtype=self._device.dtype, local_files_only=True
@@ -103,6 +106,14 @@ class SdxlRunner:
         )
         return pipe, scheduler_config, loaded
 
+    def _scheduler(self, model_id: str, name: Scheduler, config: Any) -> Any:
+        # Schedulers reset themselves in set_timesteps, so one instance per model and kind
+        # serves every job, and building one (sigma tables) stays off the hot path.
+        key = (model_id, name)
+        if key not in self._schedulers:
+            self._schedulers[key] = SCHEDULERS[name].from_config(config)
+        return self._schedulers[key]
+
     def generate(
         self,
         request: GenerateRequest,
@@ -113,7 +124,7 @@ class SdxlRunner:
         spec = request.spec
         pipe, scheduler_config, loaded = self._load(request.model)
         emit(loaded)
-        pipe.scheduler = SCHEDULERS[spec.scheduler].from_config(scheduler_config)
+        pipe.scheduler = self._scheduler(request.model.id, spec.scheduler, scheduler_config)
         for item in request.items:
 
             def on_step_end(

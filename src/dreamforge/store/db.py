@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,8 +53,16 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """An ORM session in one transaction (for the registry and other cold paths)."""
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A Core connection in one transaction: the job and event hot paths use this,
+        since they run beside the GPU work and ORM unit-of-work costs add up there."""
+        with self.engine.begin() as connection:
+            yield connection
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

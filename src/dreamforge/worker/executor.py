@@ -3,6 +3,10 @@
 Safe to call twice for the same job (a duplicate delivery, a retry after a crash): the
 claim is a conditional update, artifact keys are deterministic, and items already stored
 are skipped.
+
+Every write the executor makes goes with the events that describe it, in one transaction:
+the bookkeeping runs beside the denoising on the same cores, so it is kept to one write
+per stage change and one per step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dreamforge.domain.events import EventType, LogLevel
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.progress import Stage, denoising_fraction, overall_progress
 from dreamforge.events.log import EventLog, log_event, status_event
+from dreamforge.events.notifier import Notifier
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runners.host import RunnerCrashed, RunnerHost, Tick
 from dreamforge.runners.protocol import (
@@ -34,13 +39,14 @@ from dreamforge.runners.protocol import (
     RunnerMessage,
     StepDone,
 )
-from dreamforge.store.jobs import JobRepository
+from dreamforge.store.jobs import JobRepository, NewEvent
 from dreamforge.store.records import Artifact, Job
 from dreamforge.store.tables import utcnow
 
 log = structlog.get_logger(__name__)
 
 GENERATE_STEP = (0, "generate")
+ITEM_COUNT = 1  # batches (count > 1) come with a later milestone
 
 
 @dataclass
@@ -49,7 +55,9 @@ class ExecutorSettings:
     lease_s: float
     heartbeat_s: float
     time_limit_s: float
-    cancel_poll_s: float = 0.1
+    # Cancel requests arrive through the notifier at once; the database is only re-read
+    # this often, in case a signal was lost.
+    cancel_poll_s: float = 1.0
 
 
 @dataclass
@@ -58,9 +66,20 @@ class _Watch:
 
     started: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
-    last_cancel_check: float = 0.0
+    last_cancel_check: float = field(default_factory=time.monotonic)
     cancel_seen: bool = False
     timed_out: bool = False
+
+
+def _error(code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"code": code.value, "message": message}
+
+
+def _stage_events(stage: Stage, message: str) -> list[NewEvent]:
+    return [
+        (EventType.STAGE, {"stage": stage.value, "progress": overall_progress(stage)}),
+        log_event(message, stage=stage),
+    ]
 
 
 class JobExecutor:
@@ -68,6 +87,7 @@ class JobExecutor:
         self,
         jobs: JobRepository,
         events: EventLog,
+        notifier: Notifier,
         models: ModelRegistry,
         storage: ArtifactStorage,
         runner: RunnerHost,
@@ -75,6 +95,7 @@ class JobExecutor:
     ) -> None:
         self._jobs = jobs
         self._events = events
+        self._notifier = notifier
         self._models = models
         self._storage = storage
         self._runner = runner
@@ -88,61 +109,50 @@ class JobExecutor:
     def run(self, job_id: str) -> JobStatus | None:
         """Run the job if it can be claimed; the final status, or ``None`` if not ours."""
         owner = self._settings.worker_id
-        job = self._jobs.claim(
-            job_id, owner, self._settings.lease_s, [status_event(JobStatus.RUNNING, worker=owner)]
-        )
+        job = self._events.claim(job_id, owner, self._settings.lease_s)
         if job is None:
             log.info("job.not_claimed", job_id=job_id)
             return None
-        self._events.published(job_id)
-        attempt = f"attempt {job.attempts}" + (" (retry)" if job.attempts > 1 else "")
-        self._events.log(
-            job_id, f"started on worker {owner}, {attempt}", stage="claimed", attempt=job.attempts
-        )
         try:
             return self._execute(job)
         except Exception as exc:  # the job must end, whatever broke
             log.exception("job.crashed", job_id=job_id)
-            return self._finish(
-                job, JobStatus.FAILED, {"code": ErrorCode.RUNNER_ERROR.value, "message": str(exc)}
-            )
+            return self._finish(job, JobStatus.FAILED, _error(ErrorCode.RUNNER_ERROR, str(exc)))
+        finally:
+            self._notifier.forget_cancel(job_id)
 
     def _execute(self, job: Job) -> JobStatus | None:
         spec = job.spec
+        retry = " (retry)" if job.attempts > 1 else ""
+        started = log_event(
+            f"started on worker {self._settings.worker_id}, attempt {job.attempts}{retry}",
+            stage="claimed",
+            attempt=job.attempts,
+        )
         model = self._models.get(spec.model_id)
         if model is None or model.status != "ready":
             code = ErrorCode.MODEL_NOT_FOUND if model is None else ErrorCode.MODEL_NOT_READY
+            state = "not registered" if model is None else model.status
             return self._finish(
-                job,
-                JobStatus.FAILED,
-                {
-                    "code": code.value,
-                    "message": f"model {spec.model_id!r} "
-                    f"is {'not registered' if model is None else model.status}",
-                },
+                job, JobStatus.FAILED, _error(code, f"model {spec.model_id!r} is {state}")
             )
-        done = {
-            a.item_index
-            for a in self._jobs.artifacts(job.id)
-            if (a.step_index, a.step_type) == GENERATE_STEP and self._storage.exists(a.key)
-        }
-        items = tuple(ItemToRender(i, spec.seed + i) for i in range(1) if i not in done)
-        if done:
-            self._events.log(
-                job.id, f"{len(done)} item(s) already stored; skipping them", stage=Stage.DENOISING
-            )
-        self._stage(job, Stage.LOADING_MODEL, f"loading model {model.id}")
-        request = GenerateRequest(
-            spec=spec,
-            model=ModelRef(model.id, model.path, model.format, model.sha256, model.source),
-            items=items,
+        done = self._stored_items(job)
+        items = tuple(ItemToRender(i, spec.seed + i) for i in range(ITEM_COUNT) if i not in done)
+        notes = [log_event(f"{len(done)} item(s) already stored; skipping them")] if done else []
+        self._record_stage(
+            job, Stage.LOADING_MODEL, f"loading model {model.id}", before=[started, *notes]
         )
         watch = _Watch()
         if items:
+            request = GenerateRequest(
+                spec=spec,
+                model=ModelRef(model.id, model.path, model.format, model.sha256, model.source),
+                items=items,
+            )
             try:
                 outcome = self._runner.run(
                     request,
-                    on_message=lambda message: self._relay(job, message, item_count=1),
+                    on_message=lambda message: self._relay(job, message),
                     tick=lambda: self._tick(job, watch),
                 )
             except RunnerCrashed as exc:
@@ -150,65 +160,64 @@ class JobExecutor:
                     return self._release(job)
                 if watch.timed_out:
                     return self._finish(job, JobStatus.FAILED, self._timeout_error())
-                return self._finish(
-                    job,
-                    JobStatus.FAILED,
-                    {"code": ErrorCode.RUNNER_ERROR.value, "message": str(exc)},
-                )
+                return self._finish(job, JobStatus.FAILED, _error(ErrorCode.RUNNER_ERROR, str(exc)))
             if isinstance(outcome, Failed):
                 if outcome.code is ErrorCode.CANCELED:
                     return self._finish(job, JobStatus.CANCELED, None)
-                return self._finish(
-                    job, JobStatus.FAILED, {"code": outcome.code.value, "message": outcome.message}
-                )
+                return self._finish(job, JobStatus.FAILED, _error(outcome.code, outcome.message))
         elapsed = time.monotonic() - watch.started
-        self._events.log(job.id, f"finished in {elapsed:.2f}s", stage=Stage.DONE)
-        return self._finish(job, JobStatus.SUCCEEDED, None)
+        return self._finish(
+            job,
+            JobStatus.SUCCEEDED,
+            None,
+            before=[log_event(f"finished in {elapsed:.2f}s", stage=Stage.DONE)],
+        )
 
-    def _relay(self, job: Job, message: RunnerMessage, item_count: int) -> None:
+    def _stored_items(self, job: Job) -> set[int]:
+        """Items a previous attempt already stored; a first attempt has none to look for."""
+        if job.attempts == 1:
+            return set()
+        return {
+            a.item_index
+            for a in self._jobs.artifacts(job.id)
+            if (a.step_index, a.step_type) == GENERATE_STEP and self._storage.exists(a.key)
+        }
+
+    def _relay(self, job: Job, message: RunnerMessage) -> None:
         if isinstance(message, ModelLoaded):
             how = "from cache" if message.cached else "from disk"
-            self._events.log(
-                job.id,
-                f"model {message.model_id} ready ({how}, "
-                f"{message.seconds:.2f}s) on {message.device}/{message.dtype}",
+            ready = log_event(
+                f"model {message.model_id} ready ({how}, {message.seconds:.2f}s) "
+                f"on {message.device}/{message.dtype}",
                 stage=Stage.LOADING_MODEL,
                 device=message.device,
             )
-            self._stage(
+            spec = job.spec
+            self._record_stage(
                 job,
                 Stage.DENOISING,
-                f"denoising {job.spec.steps} steps, "
-                f"{job.spec.width}x{job.spec.height}, seed {job.spec.seed}",
+                f"denoising {spec.steps} steps, {spec.width}x{spec.height}, seed {spec.seed}",
+                before=[ready],
             )
         elif isinstance(message, StepDone):
             fraction = denoising_fraction(
-                message.item_index, item_count, message.step, message.steps
+                message.item_index, ITEM_COUNT, message.step, message.steps
             )
             progress = overall_progress(Stage.DENOISING, fraction)
-            self._events.record(
-                job.id,
-                [
-                    (
-                        EventType.PROGRESS,
-                        {
-                            "progress": progress,
-                            "stage": Stage.DENOISING.value,
-                            "item_index": message.item_index,
-                            "step": message.step,
-                            "steps": message.steps,
-                        },
-                    )
-                ],
-                progress=progress,
-            )
+            data = {
+                "progress": progress,
+                "stage": Stage.DENOISING.value,
+                "item_index": message.item_index,
+                "step": message.step,
+                "steps": message.steps,
+            }
+            self._events.record(job.id, [(EventType.PROGRESS, data)], progress=progress)
         elif isinstance(message, ItemRendered):
             self._store(job, message)
 
     def _store(self, job: Job, item: ItemRendered) -> None:
         step_index, step_type = GENERATE_STEP
         key = artifact_key(job.id, step_index, step_type, item.item_index)
-        self._stage(job, Stage.SAVING, f"saving {key}")
         self._storage.put(key, item.png, "image/png")
         artifact = Artifact(
             job_id=job.id,
@@ -225,25 +234,25 @@ class JobExecutor:
             created_at=utcnow(),
         )
         data = {k: v for k, v in artifact.__dict__.items() if k not in ("job_id", "created_at")}
-        self._jobs.save_artifact(
+        self._events.save_artifact(
             artifact,
             [
+                *_stage_events(Stage.SAVING, f"saving item {item.item_index}"),
                 (EventType.ARTIFACT, data),
                 log_event(f"stored {key} ({artifact.size_bytes} bytes)", stage=Stage.SAVING),
             ],
+            stage=Stage.SAVING.value,
+            progress=overall_progress(Stage.SAVING),
         )
-        self._events.published(job.id)
 
-    def _stage(self, job: Job, stage: Stage, message: str) -> None:
-        progress = overall_progress(stage)
+    def _record_stage(
+        self, job: Job, stage: Stage, message: str, before: list[NewEvent] | None = None
+    ) -> None:
         self._events.record(
             job.id,
-            [
-                (EventType.STAGE, {"stage": stage.value, "progress": progress}),
-                log_event(message, stage=stage),
-            ],
+            [*(before or []), *_stage_events(stage, message)],
             stage=stage.value,
-            progress=progress,
+            progress=overall_progress(stage),
         )
 
     def _tick(self, job: Job, watch: _Watch) -> Tick:
@@ -258,16 +267,16 @@ class JobExecutor:
             if not self._jobs.renew_lease(job.id, self._settings.worker_id, self._settings.lease_s):
                 log.warning("job.lease_lost", job_id=job.id)
                 return Tick.KILL
+        if not watch.cancel_seen:
+            watch.cancel_seen = self._notifier.cancel_requested(job.id)
         if not watch.cancel_seen and now - watch.last_cancel_check >= self._settings.cancel_poll_s:
             watch.last_cancel_check = now
             watch.cancel_seen = self._jobs.is_cancel_requested(job.id)
         return Tick.CANCEL if watch.cancel_seen else Tick.CONTINUE
 
     def _timeout_error(self) -> dict[str, Any]:
-        return {
-            "code": ErrorCode.TIMEOUT.value,
-            "message": f"the job ran past its limit of {self._settings.time_limit_s:g}s",
-        }
+        limit = self._settings.time_limit_s
+        return _error(ErrorCode.TIMEOUT, f"the job ran past its limit of {limit:g}s")
 
     def _release(self, job: Job) -> JobStatus | None:
         released = self._events.transition(
@@ -289,14 +298,21 @@ class JobExecutor:
         return JobStatus.QUEUED if released is not None else None
 
     def _finish(
-        self, job: Job, status: JobStatus, error: dict[str, Any] | None
+        self,
+        job: Job,
+        status: JobStatus,
+        error: dict[str, Any] | None,
+        before: list[NewEvent] | None = None,
     ) -> JobStatus | None:
-        events = []
+        events = list(before or [])
         if error is not None:
             events.append(
                 log_event(error["message"], LogLevel.ERROR, stage=job.stage, code=error["code"])
             )
-        events += [status_event(status), (EventType.DONE, {"status": status.value, "error": error})]
+        events += [
+            status_event(status),
+            (EventType.DONE, {"status": status.value, "error": error}),
+        ]
         fields: dict[str, Any] = {
             "status": status.value,
             "error": error,

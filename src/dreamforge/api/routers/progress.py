@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import closing
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -14,13 +15,14 @@ from dreamforge.api import deps
 from dreamforge.api.schemas import ErrorOut, ProgressOut, problem_responses
 from dreamforge.domain.events import EventType
 from dreamforge.domain.progress import STAGE_WEIGHTS
+from dreamforge.events.notifier import Subscription
 from dreamforge.runtime import Runtime
 from dreamforge.store.records import JobEvent
 
 router = APIRouter(prefix="/v1/jobs", tags=["progress"])
 Rt = Annotated[Runtime, Depends(deps.runtime)]
 
-# Streams re-read the log this often even without a wake-up, as a safety net.
+# Streams re-read the log when nothing arrived for this long, as a safety net.
 POLL_S = 2.0
 
 SSE_EXAMPLE = """id: 1
@@ -47,6 +49,32 @@ def event_payload(event: JobEvent) -> dict[str, object]:
         "ts": event.created_at.isoformat().replace("+00:00", "Z"),
         **event.data,
     }
+
+
+async def _follow(
+    runtime: Runtime, job_id: str, after: int, subscription: Subscription
+) -> AsyncIterator[JobEvent]:
+    """The job's events after ``after``, in order, each once, until ``done``.
+
+    Live events come from the notifier; the log fills any gap (a reconnect, a missed
+    publish) and is re-read when nothing arrives for a while.
+    """
+    batch = await run_in_threadpool(runtime.jobs.events, job_id, after)
+    while True:
+        for event in batch:
+            if event.seq <= after:
+                continue
+            if event.seq > after + 1:  # a gap: the log has what was missed
+                break
+            after = event.seq
+            yield event
+            if event.type is EventType.DONE:
+                return
+        else:
+            batch = await subscription.wait(POLL_S)
+            if batch:
+                continue
+        batch = await run_in_threadpool(runtime.jobs.events, job_id, after)
 
 
 @router.get(
@@ -81,7 +109,6 @@ def progress(job_id: str, runtime: Rt) -> ProgressOut:
 )
 async def stream(
     job_id: str,
-    request: Request,
     runtime: Rt,
     last_event_id: Annotated[int | None, Header(ge=0, description="Resume after this id")] = None,
     after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
@@ -92,25 +119,11 @@ async def stream(
     start = last_event_id if last_event_id is not None else (after or 0)
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        seen = start
-        # Subscribe before reading, so an event written in between still wakes us.
-        subscription = runtime.notifier.subscribe(job_id)
-        try:
-            while True:
-                batch = await run_in_threadpool(runtime.jobs.events, job_id, seen)
-                for event in batch:
-                    seen = event.seq
-                    yield ServerSentEvent(
-                        id=str(event.seq),
-                        event=event.type.value,
-                        data=json.dumps(event_payload(event)),
-                    )
-                    if event.type is EventType.DONE:
-                        return
-                if await request.is_disconnected():
-                    return
-                await subscription.wait(POLL_S)
-        finally:
-            subscription.close()
+        # Subscribe before reading the log, so nothing written in between is missed.
+        with closing(runtime.notifier.subscribe(job_id)) as subscription:
+            async for event in _follow(runtime, job_id, start, subscription):
+                yield ServerSentEvent(
+                    id=str(event.seq), event=event.type.value, data=json.dumps(event_payload(event))
+                )
 
     return EventSourceResponse(events(), ping=runtime.settings.sse_ping_s)

@@ -1,0 +1,98 @@
+"""What the benchmarks share: a tiny model, a served Dream Forge, a bare diffusers loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+EXTRA_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_SERVER_ENV", "").split() if kv)
+SPEC = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "steps": 4}
+
+
+def run_job(client: httpx.Client, seed: int) -> bytes:
+    """Submit, wait for the terminal event on SSE, fetch the image: what a client does."""
+    job = client.post("/v1/jobs", json={**SPEC, "seed": seed}).raise_for_status().json()
+    with connect_sse(client, "GET", job["links"]["stream"]) as source:
+        for event in source.iter_sse():
+            if event.event == "done":
+                assert json.loads(event.data)["status"] == "succeeded", event.data
+                break
+    artifact = client.get(job["links"]["artifacts"]).json()["data"][0]
+    return client.get(artifact["url"]).raise_for_status().content
+
+
+class BarePipeline:
+    """The same model and spec through diffusers alone, as a user would call it."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from diffusers import StableDiffusionXLPipeline
+
+        self._torch = torch
+        self.pipe = StableDiffusionXLPipeline.from_pretrained(model_dir, local_files_only=True)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def generate(self, seed: int) -> Any:
+        generator = self._torch.Generator().manual_seed(seed)
+        return self.pipe(
+            prompt=SPEC["prompt"],
+            width=SPEC["width"],
+            height=SPEC["height"],
+            num_inference_steps=SPEC["steps"],
+            generator=generator,
+        ).images[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedServer:
+    """`dreamforge serve` on a temporary data dir, with the tiny model registered."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="dreamforge-bench-")
+        self.data_dir = Path(self.tmp.name)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny-sdxl"
+
+    def __enter__(self) -> EmbeddedServer:
+        env = {**os.environ, "DREAMFORGE_DATA_DIR": str(self.data_dir), **EXTRA_ENV}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("dreamforge serve did not become ready")
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(60)
+        self.tmp.cleanup()
