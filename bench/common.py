@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-EXTRA_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_SERVER_ENV", "").split() if kv)
 SPEC = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "steps": 4}
 
 
@@ -75,7 +74,7 @@ class EmbeddedServer:
         return self.data_dir / "models" / "tiny-sdxl"
 
     def __enter__(self) -> EmbeddedServer:
-        env = {**os.environ, "DREAMFORGE_DATA_DIR": str(self.data_dir), **EXTRA_ENV}
+        env = {**os.environ, "DREAMFORGE_DATA_DIR": str(self.data_dir)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(self.port)],
             env=env,

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "dreamforge_read_only"
 
 
 def _make_engine(url: str) -> Engine:
@@ -35,10 +36,11 @@ def _make_engine(url: str) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        # The API and the worker write from different threads; taking the write lock up
-        # front turns "database is locked" upgrade deadlocks into a short wait.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection: Any) -> None:
+        # Writers take the write lock up front, which turns "database is locked" upgrade
+        # deadlocks into a short wait; readers never wait in WAL mode, so they don't.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -63,6 +65,14 @@ class Database:
         since they run beside the GPU work and ORM unit-of-work costs add up there."""
         with self.engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """Like ``connection``, for transactions that only read (they never wait on writers)."""
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(**{READ_ONLY: True})
+            with connection.begin():
+                yield connection
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

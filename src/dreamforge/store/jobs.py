@@ -223,12 +223,12 @@ class JobRepository:
     # -- reads --------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
             return _job(row) if row else None
 
     def is_cancel_requested(self, job_id: str) -> bool:
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             query = select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
             return bool(connection.execute(query).scalar())
 
@@ -237,7 +237,7 @@ class JobRepository:
         query = select(jobs).where(jobs.c.status == JobStatus.RUNNING.value)
         if expired_before is not None:
             query = query.where(jobs.c.lease_expires_at < expired_before)
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             return [_job(r) for r in connection.execute(query)]
 
     def queued_ids(self) -> list[str]:
@@ -246,7 +246,7 @@ class JobRepository:
             .where(jobs.c.status == JobStatus.QUEUED.value)
             .order_by(jobs.c.created_at)
         )
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             return list(connection.execute(query).scalars())
 
     def page(self, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
@@ -262,7 +262,7 @@ class JobRepository:
                     and_(jobs.c.created_at == created, jobs.c.id < job_id),
                 )
             )
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             found = [_job(r) for r in connection.execute(query.limit(limit + 1))]
         page = found[:limit]
         return JobPage(page, _encode_cursor(page[-1]) if len(found) > limit else None)
@@ -283,7 +283,7 @@ class JobRepository:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if since is not None:
             query = query.where(events.c.created_at > since)
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             return [_event(r) for r in connection.execute(query)]
 
     def artifacts(self, job_id: str) -> list[Artifact]:
@@ -292,10 +292,10 @@ class JobRepository:
             .where(artifacts.c.job_id == job_id)
             .order_by(artifacts.c.step_index, artifacts.c.item_index)
         )
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(query)]
 
     def artifact_by_key(self, key: str) -> Artifact | None:
-        with self._db.connection() as connection:
+        with self._db.reading() as connection:
             row = connection.execute(select(artifacts).where(artifacts.c.key == key)).first()
             return _artifact(row) if row else None

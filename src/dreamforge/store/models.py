@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dreamforge.domain.jobs import ModelDefaults
 from dreamforge.store.db import Database
@@ -49,10 +50,11 @@ class ModelRepository:
             return _model(row)
 
     def get(self, model_id: str) -> Model | None:
-        with self._db.transaction() as session:
-            row = session.get(ModelRow, model_id)
+        with self._db.reading() as connection:
+            row = Session(bind=connection).get(ModelRow, model_id)
             return _model(row) if row else None
 
     def list(self) -> list[Model]:
-        with self._db.transaction() as session:
-            return [_model(r) for r in session.scalars(select(ModelRow).order_by(ModelRow.id))]
+        with self._db.reading() as connection:
+            rows = Session(bind=connection).scalars(select(ModelRow).order_by(ModelRow.id))
+            return [_model(r) for r in rows]
