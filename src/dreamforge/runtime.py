@@ -25,6 +25,7 @@ from dreamforge.models.registry import ModelRegistry, create_tiny_model
 from dreamforge.queue.broker import GPU_QUEUE, DramatiqQueue, make_broker
 from dreamforge.queue.reaper import Reaper
 from dreamforge.runners.host import RunnerHost
+from dreamforge.runners.protocol import ModelRef
 from dreamforge.store.db import Database
 from dreamforge.store.jobs import JobRepository
 from dreamforge.store.models import ModelRepository
@@ -109,7 +110,11 @@ class Runtime:
         """Run jobs in this process: lock the data dir, recover, start consuming."""
         self._lock_data_dir()
         self._runner = RunnerHost()
-        self._runner.start()
+        default = self.models.get(self.settings.default_model_id)
+        if default is not None:
+            self._runner.preload(ModelRef.of(default))
+        else:
+            self._runner.start()
         self._executor.append(
             JobExecutor(
                 self.jobs,

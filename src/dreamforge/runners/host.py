@@ -18,7 +18,13 @@ from typing import Any
 import structlog
 
 from dreamforge.domain.errors import ErrorCode
-from dreamforge.runners.protocol import Failed, Finished, GenerateRequest, RunnerMessage
+from dreamforge.runners.protocol import (
+    Failed,
+    Finished,
+    GenerateRequest,
+    ModelRef,
+    RunnerMessage,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +76,7 @@ class RunnerHost:
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._cancel: Event = self._context.Event()
+        self._preloading = False
 
     @property
     def alive(self) -> bool:
@@ -100,6 +107,8 @@ class RunnerHost:
         """Send one request and relay the child's messages until it ends."""
         self.start()
         assert self._conn is not None
+        if self._preloading:
+            self._drain_preload()
         self._cancel.clear()
         self._conn.send(request)
         while True:
@@ -123,6 +132,27 @@ class RunnerHost:
                 self.kill()
                 raise RunnerCrashed("the runner process was killed")
 
+    def preload(self, model: ModelRef) -> None:
+        """Start loading ``model`` in the child now, without waiting: the first job then
+        finds it loaded instead of paying for the child's start and the load."""
+        self.start()
+        assert self._conn is not None
+        self._conn.send(GenerateRequest(spec=None, model=model, items=()))
+        self._preloading = True
+
+    def _drain_preload(self) -> None:
+        assert self._conn is not None
+        self._preloading = False
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                return  # the run that follows finds the child dead and says so
+            if isinstance(message, Failed):
+                log.warning("runner.preload_failed", code=message.code, message=message.message)
+            if isinstance(message, Finished | Failed):
+                return
+
     def kill(self) -> None:
         if self._process is not None:
             self._process.kill()
@@ -139,6 +169,7 @@ class RunnerHost:
         self._discard()
 
     def _discard(self) -> None:
+        self._preloading = False
         if self._conn is not None:
             self._conn.close()
         self._conn = None

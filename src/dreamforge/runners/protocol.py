@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.jobs import JobSpec
+from dreamforge.store.records import Model
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,10 @@ class ModelRef:
     sha256: str
     source: str
 
+    @classmethod
+    def of(cls, model: Model) -> ModelRef:
+        return cls(model.id, model.path, model.format, model.sha256, model.source)
+
 
 @dataclass(frozen=True)
 class ItemToRender:
@@ -25,7 +30,9 @@ class ItemToRender:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    spec: JobSpec
+    """Render ``items`` of ``spec`` with ``model``; with no items, only load the model."""
+
+    spec: JobSpec | None
     model: ModelRef
     items: tuple[ItemToRender, ...]
     step_index: int = 0

@@ -121,9 +121,11 @@ class SdxlRunner:
         should_cancel: Callable[[], bool],
     ) -> None:
         """Render every requested item, reporting each step; raises ``Canceled``."""
-        spec = request.spec
         pipe, scheduler_config, loaded = self._load(request.model)
         emit(loaded)
+        spec = request.spec
+        if spec is None:
+            return
         pipe.scheduler = self._scheduler(request.model.id, spec.scheduler, scheduler_config)
         for item in request.items:
 

@@ -146,7 +146,7 @@ class JobExecutor:
         if items:
             request = GenerateRequest(
                 spec=spec,
-                model=ModelRef(model.id, model.path, model.format, model.sha256, model.source),
+                model=ModelRef.of(model),
                 items=items,
             )
             try:
