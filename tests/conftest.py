@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from dreamforge.api.app import create_app
 from dreamforge.config import Settings
@@ -23,17 +24,16 @@ from dreamforge.models.tiny import write_tiny_sdxl
 from dreamforge.runtime import Runtime
 from dreamforge.store.db import Database
 from dreamforge.store.models import ModelRepository
+from tests.processes import Worker
+from tests.services import SeaweedFS, free_port
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DREAMFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("DREAMFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = bool(os.environ.get("CI"))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port"]
 
 
 def unavailable(reason: str) -> None:
@@ -58,21 +58,86 @@ def register_tiny(database_url: str, model_dir: Path, model_id: str = "tiny-sdxl
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, uniquely named PostgreSQL database for this test session."""
-    name = f"dreamforge_test_{uuid.uuid4().hex[:8]}"
+def new_postgres_database() -> Iterator[Callable[[], str]]:
+    """Makes fresh, uniquely named PostgreSQL databases, dropped at the end of the session."""
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
         admin.dispose()
         unavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"dreamforge_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
     with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in created:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(new_postgres_database: Callable[[], str]) -> str:
+    return new_postgres_database()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3 server for the session."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.start()
+    except (OSError, TimeoutError) as exc:
+        unavailable(f"SeaweedFS could not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def distributed_settings(
+    new_postgres_database: Callable[[], str],
+    redis_url: str,
+    seaweedfs: SeaweedFS,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., Settings]:
+    """Settings for the distributed profile, with a database, Redis namespace and bucket
+    of their own, so that runs never collide."""
+
+    def make(**overrides: object) -> Settings:
+        run = uuid.uuid4().hex[:10]
+        values: dict[str, object] = {
+            "data_dir": tmp_path_factory.mktemp("distributed"),
+            "database_url": new_postgres_database(),
+            "broker_url": redis_url,
+            "redis_namespace": f"dreamforge-test-{run}",
+            "storage_url": f"s3://dreamforge-test-{run}/artifacts",
+            "s3_endpoint_url": seaweedfs.endpoint,
+            "s3_access_key_id": SeaweedFS.ACCESS_KEY,
+            "s3_secret_access_key": SeaweedFS.SECRET_KEY,
+            "signing_key": "test-signing-key",
+            **overrides,
+        }
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -95,6 +160,8 @@ class LiveServer:
     url: str
     runtime: Runtime
     client: httpx.Client
+    profile: str
+    workers: list[Worker] = field(default_factory=list)
 
 
 class _ThreadedServer(uvicorn.Server):
@@ -102,38 +169,64 @@ class _ThreadedServer(uvicorn.Server):
         pass
 
 
-def start_live_server(settings: Settings) -> tuple[_ThreadedServer, threading.Thread, Runtime]:
-    runtime = Runtime.build(settings)
-    runtime.prepare()
-    server = _ThreadedServer(
-        uvicorn.Config(
-            create_app(runtime, run_worker=True),
+class ApiThread:
+    """The API on a real port, served from a thread of the test process."""
+
+    def __init__(self, settings: Settings, run_worker: bool) -> None:
+        self.runtime = Runtime.build(settings)
+        self.runtime.prepare()
+        config = uvicorn.Config(
+            create_app(self.runtime, run_worker=run_worker),
             host="127.0.0.1",
             port=settings.port,
             log_level="warning",
         )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    return server, thread, runtime
+        self.server = _ThreadedServer(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def __enter__(self) -> ApiThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
-    """Dream Forge's embedded profile, serving on a real port from this process."""
-    data_dir = tmp_path_factory.mktemp("data")
-    settings = Settings(
-        data_dir=data_dir, port=free_port(), max_width=512, max_height=512, sse_ping_s=1.0
-    )
+LIMITS = {"max_width": 512, "max_height": 512, "sse_ping_s": 1.0}
+
+
+@pytest.fixture(scope="session", params=["embedded", "distributed"])
+def live(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+) -> Iterator[LiveServer]:
+    """Dream Forge on a real port, in each profile: the embedded one all in this process;
+    the distributed one as an API here and a `dreamforge worker` process, on PostgreSQL,
+    Redis and SeaweedFS."""
+    if request.param == "embedded":
+        settings = Settings(data_dir=tmp_path_factory.mktemp("data"), port=free_port(), **LIMITS)  # type: ignore[arg-type]
+    else:
+        make = request.getfixturevalue("distributed_settings")
+        settings = make(port=free_port(), **LIMITS)
     register_tiny(settings.resolved_database_url, tiny_model_dir)
-    server, thread, runtime = start_live_server(settings)
-    url = f"http://127.0.0.1:{settings.port}"
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield LiveServer(url, runtime, client)
-    server.should_exit = True
-    thread.join(30)
+    workers = []
+    if request.param == "distributed":
+        log = tmp_path_factory.mktemp("logs") / "worker.log"
+        workers.append(Worker(settings, log))
+        workers[0].start()
+    with (
+        ApiThread(settings, run_worker=request.param == "embedded") as api,
+        httpx.Client(base_url=api.url, timeout=60) as client,
+    ):
+        yield LiveServer(api.url, api.runtime, client, request.param, workers)
+    for worker in workers:
+        if worker.alive():
+            worker.signal(signal.SIGTERM)

@@ -14,7 +14,7 @@ from dreamforge.cli import app
 from dreamforge.config import Settings
 from dreamforge.store.db import Database
 from tests.helpers import read_stream, submit
-from tests.test_restart import Serve
+from tests.processes import Serve
 
 runner = CliRunner()
 

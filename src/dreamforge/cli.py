@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +73,58 @@ def serve(
         log_level="info",
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def api(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="Default: 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: 8000")] = None,
+) -> None:
+    """Serve the API only; `dreamforge worker` processes run the jobs (distributed)."""
+    from dreamforge.api.app import create_app
+    from dreamforge.runtime import Runtime
+
+    _configure_logging()
+    settings = _settings(data_dir, host=host, port=port)
+    runtime = Runtime.build(settings)
+    runtime.prepare()
+    console.print(f"[bold green]Dream Forge API[/] at http://{settings.host}:{settings.port}")
+    uvicorn.run(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        list[str], typer.Option("--queues", "-q", help="Queues to consume: gpu, io")
+    ] = ["gpu"],  # noqa: B006 - Typer reads the default, nothing mutates it
+    data_dir: DataDir = None,
+) -> None:
+    """Run jobs from the broker until SIGTERM (distributed profile)."""
+    from dreamforge.queue.broker import QUEUES
+    from dreamforge.runtime import Runtime
+
+    chosen = {q for item in queues for q in item.split(",") if q}
+    unknown = chosen - set(QUEUES)
+    if unknown:
+        raise typer.BadParameter(f"unknown queue(s) {sorted(unknown)}; use {list(QUEUES)}")
+    _configure_logging()
+    settings = _settings(data_dir)
+    runtime = Runtime.build(settings)
+    runtime.db.upgrade()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime.start_worker(chosen)
+    console.print(f"[bold green]Dream Forge worker[/] {runtime.worker_id} on {sorted(chosen)}")
+    stop.wait()
+    runtime.stop()
 
 
 @db_app.command("upgrade")

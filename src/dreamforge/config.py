@@ -26,6 +26,22 @@ class Settings(BaseSettings):
     broker_url: str = Field("memory://", description="memory:// (in-process) or redis://…")
     storage_url: str | None = Field(None, description="file://… or s3://bucket; default: data_dir.")
 
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint; AWS when unset.")
+    s3_public_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint in the presigned URLs given to clients, if they reach S3 "
+        "by another address than the workers do.",
+    )
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+
+    redis_namespace: str = Field("dreamforge", description="Prefix of every Redis key and channel.")
+    reaper_interval_s: float = Field(10.0, gt=0, description="How often lost jobs are looked for.")
+    requeue_after_s: float = Field(
+        60.0, gt=0, description="A queued job nobody claimed for this long is sent again."
+    )
+
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = Field(None, description="Base URL clients use; default from request.")

@@ -1,4 +1,8 @@
-"""Wiring: builds every adapter from the settings, and starts and stops the worker."""
+"""Wiring: builds every adapter from the settings, and starts and stops the worker.
+
+The same code serves both profiles; the URLs in the settings pick the adapters:
+SQLite or PostgreSQL, an in-memory or Redis broker (and notifier), local files or S3.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from dreamforge.events.notifier import InProcessNotifier, Notifier
 from dreamforge.jobs import JobService
 from dreamforge.models.registry import ModelRegistry, create_tiny_model
 from dreamforge.queue.broker import GPU_QUEUE, DramatiqQueue, make_broker
-from dreamforge.queue.reaper import Reaper
+from dreamforge.queue.reaper import Reaper, ReaperLoop
 from dreamforge.runners.host import RunnerHost
 from dreamforge.runners.protocol import ModelRef
 from dreamforge.store.db import Database
@@ -36,6 +40,24 @@ log = structlog.get_logger(__name__)
 
 class DataDirInUse(RuntimeError):
     pass
+
+
+def make_notifier(settings: Settings) -> Notifier:
+    if settings.broker_url.startswith("memory://"):
+        return InProcessNotifier()
+    from dreamforge.events.redis_notifier import RedisNotifier
+
+    return RedisNotifier(settings.broker_url, settings.redis_namespace)
+
+
+@dataclass
+class _Worker:
+    """What a process that runs jobs holds on to."""
+
+    runner: RunnerHost
+    executor: JobExecutor
+    consumer: dramatiq.Worker
+    reaper: ReaperLoop
 
 
 @dataclass
@@ -54,28 +76,30 @@ class Runtime:
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     )
-    _runner: RunnerHost | None = None
-    _executor: list[JobExecutor] = field(default_factory=list)
-    _worker: dramatiq.Worker | None = None
+    _worker: _Worker | None = None
     _lock: IO[Any] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         db = Database(settings.resolved_database_url)
         jobs = JobRepository(db)
-        notifier = InProcessNotifier()
+        notifier = make_notifier(settings)
         events = EventLog(jobs, notifier)
         models = ModelRegistry(ModelRepository(db))
         signer = UrlSigner(settings.resolved_signing_key)
-        storage = open_storage(settings.resolved_storage_url, signer)
-        # The actor is declared in every process (senders need it too); it runs jobs only
-        # where a worker was started and ``executor`` below is set.
-        executor: list[JobExecutor] = []
+        # Every process declares the actor (senders need it too); it runs jobs only where
+        # start_worker() set the executor.
+        runtime: Runtime | None = None
 
         def run_job(job_id: str) -> None:
-            executor[0].run(job_id)
+            assert runtime is not None and runtime._worker is not None, "not a worker process"
+            runtime._worker.executor.run(job_id)
 
-        queue = DramatiqQueue(make_broker(settings.broker_url), run_job, settings.job_time_limit_s)
+        queue = DramatiqQueue(
+            make_broker(settings.broker_url, settings.redis_namespace),
+            run_job,
+            settings.job_time_limit_s,
+        )
         limits = Limits(
             max_width=settings.max_width,
             max_height=settings.max_height,
@@ -89,13 +113,12 @@ class Runtime:
             notifier=notifier,
             events=events,
             signer=signer,
-            storage=storage,
+            storage=open_storage(settings, signer),
             queue=queue,
             service=JobService(
                 jobs, events, models, queue.enqueue, limits, settings.default_model_id
             ),
             reaper=Reaper(jobs, events, queue.enqueue),
-            _executor=executor,
         )
         return runtime
 
@@ -107,54 +130,63 @@ class Runtime:
             create_tiny_model(self.models, self.settings.models_dir, self.settings.default_model_id)
 
     def start_embedded_worker(self) -> None:
-        """Run jobs in this process: lock the data dir, recover, start consuming."""
+        """The embedded profile: this process alone owns the data dir, so every job that
+        was running when it last stopped is an orphan, and goes back to the queue."""
         self._lock_data_dir()
-        self._runner = RunnerHost()
-        default = self.models.get(self.settings.default_model_id)
-        if default is not None:
-            self._runner.preload(ModelRef.of(default))
-        else:
-            self._runner.start()
-        self._executor.append(
-            JobExecutor(
-                self.jobs,
-                self.events,
-                self.notifier,
-                self.models,
-                self.storage,
-                self._runner,
-                ExecutorSettings(
-                    worker_id=self.worker_id,
-                    lease_s=self.settings.lease_s,
-                    heartbeat_s=self.settings.heartbeat_s,
-                    time_limit_s=self.settings.job_time_limit_s,
-                ),
-            )
-        )
-        # One process owns this data dir, so every running job is an orphan of a previous one.
         self.reaper.requeue_orphans(expired_before=None)
-        self._worker = self.queue.worker({GPU_QUEUE}, threads=1)
-        self._worker.start()
-        recovered = self.reaper.enqueue_queued()
-        log.info("worker.started", worker_id=self.worker_id, recovered=recovered)
+        self.start_worker({GPU_QUEUE})
+        recovered = self.reaper.send_queued()
+        log.info("worker.recovered", jobs=recovered)
+
+    def start_worker(self, queues: set[str]) -> None:
+        """Consume ``queues`` in this process: one job at a time, in a runner child."""
+        runner = RunnerHost()
+        default = self.models.get(self.settings.default_model_id)
+        if default is not None and GPU_QUEUE in queues:
+            runner.preload(ModelRef.of(default))
+        settings = ExecutorSettings(
+            worker_id=self.worker_id,
+            lease_s=self.settings.lease_s,
+            heartbeat_s=self.settings.heartbeat_s,
+            time_limit_s=self.settings.job_time_limit_s,
+        )
+        executor = JobExecutor(
+            self.jobs, self.events, self.notifier, self.models, self.storage, runner, settings
+        )
+        consumer = self.queue.worker(queues)
+        reaper = ReaperLoop(
+            self.reaper, self.settings.reaper_interval_s, self.settings.requeue_after_s
+        )
+        self._worker = _Worker(runner, executor, consumer, reaper)
+        consumer.start()
+        reaper.start()
+        log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
 
     def readiness_probes(self) -> dict[str, Callable[[], None]]:
-        return {"database": self.db.ping, "queue": self._check_queue, "storage": self.storage.check}
+        return {
+            "database": self.db.ping,
+            "queue": self._check_queue,
+            "storage": self.storage.check,
+        }
 
     def _check_queue(self) -> None:
-        if self._worker is not None and not all(t.is_alive() for t in self._worker.workers):
+        if self._worker is not None and not all(
+            t.is_alive() for t in self._worker.consumer.workers
+        ):
             raise RuntimeError("the worker thread has stopped")
-        client = getattr(self.queue.broker, "client", None)
-        if client is not None:
-            client.ping()
+        self.queue.ping()
 
     def stop(self) -> None:
-        for executor in self._executor:
-            executor.stop()
-        if self._worker is not None:
-            self._worker.stop(timeout=30_000)
-        if self._runner is not None:
-            self._runner.stop()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.executor.stop()  # a job in hand goes back to the queue
+            worker.reaper.stop()
+            worker.consumer.stop(timeout=30_000)
+            worker.runner.stop()
+        close = getattr(self.notifier, "close", None)
+        if close is not None:
+            close()
+        self.queue.broker.close()
         self.db.dispose()
         if self._lock is not None:
             self._lock.close()

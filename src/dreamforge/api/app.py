@@ -26,8 +26,8 @@ RFC 9457 problem (`application/problem+json`) with a stable `code`.
 
 
 def create_app(runtime: Runtime, *, run_worker: bool = False) -> FastAPI:
-    """The API over ``runtime``; with ``run_worker`` the app also runs jobs in-process
-    (the embedded profile) and owns the runtime's start and stop."""
+    """The API over ``runtime``, which it stops on shutdown; with ``run_worker`` it also
+    runs jobs in this process (the embedded profile)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -36,8 +36,7 @@ def create_app(runtime: Runtime, *, run_worker: bool = False) -> FastAPI:
         try:
             yield
         finally:
-            if run_worker:
-                runtime.stop()
+            runtime.stop()
 
     app = FastAPI(
         title="Dream Forge", version=__version__, description=DESCRIPTION, lifespan=lifespan

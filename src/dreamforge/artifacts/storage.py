@@ -10,6 +10,7 @@ from typing import Protocol
 from urllib.parse import quote, urlencode, urlparse
 
 from dreamforge.artifacts.signing import UrlSigner
+from dreamforge.config import Settings
 
 
 class ArtifactStorage(Protocol):
@@ -67,8 +68,22 @@ class LocalStorage:
         probe.unlink()
 
 
-def open_storage(url: str, signer: UrlSigner) -> ArtifactStorage:
+def open_storage(settings: Settings, signer: UrlSigner) -> ArtifactStorage:
+    """``file:///dir`` (served by the API, signed URLs) or ``s3://bucket/prefix``."""
+    url = settings.resolved_storage_url
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.path), signer)
-    raise ValueError(f"unsupported storage URL {url!r}: use file://…")
+    if parsed.scheme == "s3":
+        from dreamforge.artifacts.s3 import S3Storage  # boto3 loads only when used
+
+        return S3Storage(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            region=settings.s3_region,
+        )
+    raise ValueError(f"unsupported storage URL {url!r}: use file:///dir or s3://bucket/prefix")

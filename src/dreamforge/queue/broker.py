@@ -14,9 +14,10 @@ from dramatiq.brokers.stub import StubBroker
 
 GPU_QUEUE = "gpu"
 IO_QUEUE = "io"
+QUEUES = (GPU_QUEUE, IO_QUEUE)
 
 
-def make_broker(url: str) -> dramatiq.Broker:
+def make_broker(url: str, namespace: str) -> dramatiq.Broker:
     if url.startswith("memory://"):
         broker: dramatiq.Broker = StubBroker()
         broker.emit_after("process_boot")
@@ -24,7 +25,7 @@ def make_broker(url: str) -> dramatiq.Broker:
     if url.startswith(("redis://", "rediss://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url)
+        return RedisBroker(url=url, namespace=namespace, socket_timeout=5, socket_connect_timeout=5)
     raise ValueError(f"unsupported broker URL {url!r}: use memory:// or redis://…")
 
 
@@ -36,7 +37,7 @@ class DramatiqQueue:
     ) -> None:
         self.broker = broker
         # Retries stay off here: the executor ends every job itself, and the reaper
-        # re-enqueues jobs whose worker vanished.
+        # re-sends jobs whose worker vanished or whose message the broker lost.
         self.actor: dramatiq.Actor[[str], Any] = dramatiq.actor(
             run_job,
             broker=broker,
@@ -49,7 +50,15 @@ class DramatiqQueue:
     def enqueue(self, job_id: str) -> None:
         self.actor.send(job_id)
 
+    def ping(self) -> None:
+        client = getattr(self.broker, "client", None)
+        if client is not None:
+            client.ping()
+
     def worker(self, queues: set[str], threads: int = 1) -> dramatiq.Worker:
-        return dramatiq.Worker(
+        worker = dramatiq.Worker(
             self.broker, queues=queues, worker_threads=threads, worker_timeout=500
         )
+        # A GPU worker holds one job, not a backlog another worker could have started.
+        worker.queue_prefetch = threads
+        return worker

@@ -1,9 +1,15 @@
-"""Finds jobs that no worker holds any more and puts them back in the queue."""
+"""Finds jobs that no worker holds any more and puts them back in the queue.
+
+Two kinds get lost: a running job whose worker died (its lease runs out), and a queued
+job whose message the broker dropped (a Redis restart without persistence, say). Both go
+back to the broker; a job sent twice is harmless, because only one claim can succeed.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -12,6 +18,7 @@ from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.progress import Stage
 from dreamforge.events.log import EventLog, log_event, status_event
 from dreamforge.store.jobs import JobRepository
+from dreamforge.store.tables import utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -34,8 +41,8 @@ class Reaper:
                 owner=job.lease_owner,
                 events=[
                     log_event(
-                        f"worker {job.lease_owner} was lost during attempt "
-                        f"{job.attempts}; job requeued",
+                        f"worker {job.lease_owner} was lost during attempt {job.attempts}; "
+                        "job requeued",
                         LogLevel.WARNING,
                         stage=job.stage,
                     ),
@@ -53,9 +60,49 @@ class Reaper:
             log.warning("reaper.requeued", jobs=requeued)
         return requeued
 
-    def enqueue_queued(self) -> int:
-        """Send every queued job to the broker again; duplicates are harmless (see claim)."""
-        ids = self._jobs.queued_ids()
+    def send_queued(self, enqueued_before: datetime | None = None) -> int:
+        """Send queued jobs to the broker again: all, or those last sent before a time."""
+        ids = self._jobs.queued_ids(enqueued_before)
+        sent = []
         for job_id in ids:
-            self._enqueue(job_id)
-        return len(ids)
+            try:
+                self._enqueue(job_id)
+            except Exception:  # the broker is down: the next sweep tries again
+                log.warning("reaper.enqueue_failed", job_id=job_id, exc_info=True)
+                break
+            sent.append(job_id)
+        self._jobs.mark_enqueued(sent)
+        return len(sent)
+
+    def sweep(self, requeue_after_s: float) -> None:
+        """One pass: expired leases back to the queue, then re-send what looks lost."""
+        now = utcnow()
+        self.requeue_orphans(expired_before=now)
+        sent = self.send_queued(enqueued_before=now - timedelta(seconds=requeue_after_s))
+        if sent:
+            log.warning("reaper.resent", jobs=sent)
+
+
+class ReaperLoop:
+    """Runs ``Reaper.sweep`` every ``interval_s`` in a daemon thread until stopped."""
+
+    def __init__(self, reaper: Reaper, interval_s: float, requeue_after_s: float) -> None:
+        self._reaper = reaper
+        self._interval_s = interval_s
+        self._requeue_after_s = requeue_after_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dreamforge-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            try:
+                self._reaper.sweep(self._requeue_after_s)
+            except Exception:  # the database may be down; try again next time
+                log.warning("reaper.sweep_failed", exc_info=True)

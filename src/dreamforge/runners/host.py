@@ -104,13 +104,32 @@ class RunnerHost:
         tick: Callable[[], Tick],
         poll_s: float = 0.05,
     ) -> Finished | Failed:
-        """Send one request and relay the child's messages until it ends."""
+        """Send one request and relay the child's messages until it ends.
+
+        If relaying or ticking raises (the database went away, say), the child is killed:
+        it would otherwise go on sending the rest of this request into the next one.
+        """
         self.start()
         assert self._conn is not None
         if self._preloading:
             self._drain_preload()
         self._cancel.clear()
         self._conn.send(request)
+        try:
+            return self._relay_until_done(on_message, tick, poll_s)
+        except RunnerCrashed:
+            raise
+        except BaseException:
+            self.kill()
+            raise
+
+    def _relay_until_done(
+        self,
+        on_message: Callable[[RunnerMessage], None],
+        tick: Callable[[], Tick],
+        poll_s: float,
+    ) -> Finished | Failed:
+        assert self._conn is not None
         while True:
             if self._conn.poll(poll_s):
                 try:

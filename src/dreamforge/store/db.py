@@ -83,6 +83,9 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # API and worker processes may start together: one migrates, others wait.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7300001)"))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 

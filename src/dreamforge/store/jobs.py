@@ -131,6 +131,7 @@ class JobRepository:
     # -- writes -------------------------------------------------------------------------
 
     def create(self, job_id: str, spec: JobSpec, new_events: Sequence[NewEvent]) -> Job:
+        now = utcnow()
         with self._db.connection() as connection:
             connection.execute(
                 insert(jobs).values(
@@ -142,7 +143,8 @@ class JobRepository:
                     cancel_requested=False,
                     attempts=0,
                     last_seq=0,
-                    created_at=utcnow(),
+                    created_at=now,
+                    enqueued_at=now,
                 )
             )
             _append(connection, job_id, new_events, {})
@@ -205,6 +207,16 @@ class JobRepository:
             )
             return result.first() is not None
 
+    def mark_enqueued(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        with self._db.connection() as connection:
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(job_ids), jobs.c.status == JobStatus.QUEUED.value)
+                .values(enqueued_at=utcnow())
+            )
+
     def save_artifact(
         self, artifact: Artifact, new_events: Sequence[NewEvent], **fields: Any
     ) -> list[JobEvent]:
@@ -240,12 +252,15 @@ class JobRepository:
         with self._db.reading() as connection:
             return [_job(r) for r in connection.execute(query)]
 
-    def queued_ids(self) -> list[str]:
+    def queued_ids(self, enqueued_before: datetime | None = None) -> list[str]:
+        """Queued jobs, oldest first; only those last sent before ``enqueued_before``."""
         query = (
             select(jobs.c.id)
             .where(jobs.c.status == JobStatus.QUEUED.value)
             .order_by(jobs.c.created_at)
         )
+        if enqueued_before is not None:
+            query = query.where(jobs.c.enqueued_at < enqueued_before)
         with self._db.reading() as connection:
             return list(connection.execute(query).scalars())
 
