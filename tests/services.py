@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,9 +156,11 @@ class PrivateRedis:
 class PrivatePostgres:
     """A PostgreSQL cluster of the tests' own (initdb + pg_ctl), so a test may stop it."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "pgdata"
+    def __init__(self) -> None:
+        # Its own directory straight under /tmp: the postgres user must reach it, and
+        # pytest's temporary directories are private to root.
+        self.root = Path(tempfile.mkdtemp(prefix="dreamforge-pg-"))
+        self.data = self.root / "pgdata"
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self.bin = self._find_bin()
@@ -175,10 +178,11 @@ class PrivatePostgres:
     def _run(self, *args: str) -> None:
         # PostgreSQL refuses to run as root; the machine's postgres user runs it.
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=60)
+        result = subprocess.run([*prefix, *args], capture_output=True, timeout=60, check=False)
+        if result.returncode != 0:
+            raise OSError(f"{args[0]} failed: {result.stderr.decode()[-2000:]}")
 
     def init(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         self._run(
@@ -207,3 +211,6 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

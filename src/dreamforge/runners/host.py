@@ -111,11 +111,14 @@ class RunnerHost:
         """
         self.start()
         assert self._conn is not None
-        if self._preloading:
-            self._drain_preload()
-        self._cancel.clear()
-        self._conn.send(request)
         try:
+            if self._preloading:  # the preload still runs: finish it, ticking meanwhile
+                self._preloading = False
+                preload = self._relay_until_done(lambda _: None, tick, poll_s)
+                if isinstance(preload, Failed):
+                    log.warning("runner.preload_failed", code=preload.code, error=preload.message)
+            self._cancel.clear()
+            self._conn.send(request)
             return self._relay_until_done(on_message, tick, poll_s)
         except RunnerCrashed:
             raise
@@ -158,19 +161,6 @@ class RunnerHost:
         assert self._conn is not None
         self._conn.send(GenerateRequest(spec=None, model=model, items=()))
         self._preloading = True
-
-    def _drain_preload(self) -> None:
-        assert self._conn is not None
-        self._preloading = False
-        while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError):
-                return  # the run that follows finds the child dead and says so
-            if isinstance(message, Failed):
-                log.warning("runner.preload_failed", code=message.code, message=message.message)
-            if isinstance(message, Finished | Failed):
-                return
 
     def kill(self) -> None:
         if self._process is not None:

@@ -1,0 +1,106 @@
+"""What only the distributed profile has to prove: events cross processes, and a job
+delivered twice still runs once."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dreamforge.artifacts.s3 import S3Storage
+from dreamforge.artifacts.storage import LocalStorage
+from dreamforge.config import Settings
+from tests.conftest import ApiThread, LiveServer, free_port, register_tiny
+from tests.helpers import read_stream, submit, wait_for
+from tests.processes import Worker
+
+
+def stored_keys(live: LiveServer, job_id: str) -> list[str]:
+    """The objects really in storage under the job's prefix (not what the database says)."""
+    storage = live.runtime.storage
+    prefix = f"jobs/{job_id}/"
+    if isinstance(storage, LocalStorage):
+        return sorted(
+            str(p.relative_to(storage.root)) for p in (storage.root / prefix).rglob("*.png")
+        )
+    assert isinstance(storage, S3Storage)
+    listing = storage._client.list_objects_v2(
+        Bucket=storage.bucket, Prefix=f"{storage.prefix}/{prefix}"
+    )
+    return sorted(o["Key"].removeprefix(f"{storage.prefix}/") for o in listing.get("Contents", []))
+
+
+def test_a_job_delivered_many_times_runs_once(live: LiveServer) -> None:
+    job = submit(live.client, steps=30)
+    for _ in range(3):  # what a broker's redelivery looks like to the worker
+        live.runtime.queue.enqueue(job["id"])
+    events = read_stream(live.client, job["id"])
+    done = live.client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert [e.data["status"] for e in events if e.type == "status"] == [
+        "queued",
+        "running",
+        "succeeded",
+    ]
+    assert [e.data["step"] for e in events if e.type == "progress"] == list(range(1, 31))
+    assert stored_keys(live, job["id"]) == [f"jobs/{job['id']}/00-generate/000.png"]
+    assert len(live.client.get(done["links"]["artifacts"]).json()["data"]) == 1
+
+
+@pytest.fixture(scope="module")
+def two_apis_and_a_worker(
+    distributed_settings: Callable[..., Settings],
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ApiThread, ApiThread]]:
+    settings = distributed_settings(port=free_port())
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    worker = Worker(settings, tmp_path_factory.mktemp("logs") / "worker.log")
+    worker.start()
+    other = settings.model_copy(update={"port": free_port()})
+    with ApiThread(settings, run_worker=False) as a, ApiThread(other, run_worker=False) as b:
+        yield a, b
+    worker.signal(signal.SIGTERM)
+
+
+def test_a_stream_follows_a_worker_and_resumes_on_another_api(
+    two_apis_and_a_worker: tuple[ApiThread, ApiThread],
+) -> None:
+    a, b = two_apis_and_a_worker
+    with (
+        httpx.Client(base_url=a.url, timeout=60) as on_a,
+        httpx.Client(base_url=b.url, timeout=60) as on_b,
+    ):
+        job = submit(on_a, steps=40)
+        head = read_stream(
+            on_a, job["id"], until=lambda e: e.type == "progress" and e.data["step"] >= 10
+        )
+        assert any(e.type == "status" and e.data["status"] == "running" for e in head)
+        rest = read_stream(on_b, job["id"], last_event_id=head[-1].id)
+        ids = [e.id for e in head + rest]
+        assert ids == list(range(1, len(ids) + 1))
+        assert rest[-1].type == "done" and rest[-1].data["status"] == "succeeded"
+        assert wait_for(on_b, job["id"], {"succeeded"})["attempts"] == 1
+
+
+def test_cancel_through_one_api_stops_the_worker(
+    two_apis_and_a_worker: tuple[ApiThread, ApiThread],
+) -> None:
+    a, b = two_apis_and_a_worker
+    with (
+        httpx.Client(base_url=a.url, timeout=60) as on_a,
+        httpx.Client(base_url=b.url, timeout=60) as on_b,
+    ):
+        job = submit(on_a, steps=150)
+        read_stream(on_a, job["id"], until=lambda e: e.type == "progress")
+        assert on_b.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        done = wait_for(on_a, job["id"], {"canceled"}, timeout=30)
+        events = read_stream(on_b, job["id"])
+        cancel_at = next(
+            e.id for e in events if e.type == "log" and e.data["message"] == "cancel requested"
+        )
+        assert len([e for e in events if e.type == "progress" and e.id > cancel_at]) <= 2
+        assert done["error"] is None

@@ -1,0 +1,144 @@
+"""Faults with real processes and real servers: a worker killed mid-job, Redis restarted
+under a queue, PostgreSQL stopped under the API."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dreamforge.config import Settings
+from tests.conftest import ApiThread, free_port, register_tiny, unavailable
+from tests.helpers import read_stream, submit, wait_for
+from tests.processes import Worker
+from tests.services import PrivatePostgres, PrivateRedis
+
+pytestmark = pytest.mark.slow
+
+# Short leases and frequent sweeps, so that lost work is found in seconds, not minutes.
+FAST_RECOVERY = {
+    "lease_s": 3.0,
+    "heartbeat_s": 0.5,
+    "reaper_interval_s": 0.5,
+    "requeue_after_s": 3.0,
+}
+
+
+def test_a_job_whose_worker_is_killed_runs_again_elsewhere(
+    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = distributed_settings(port=free_port(), **FAST_RECOVERY)
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    first, second = Worker(settings, tmp_path / "a.log"), Worker(settings, tmp_path / "b.log")
+    first.start()
+    with (
+        ApiThread(settings, run_worker=False) as api,
+        httpx.Client(base_url=api.url, timeout=60) as client,
+    ):
+        job = submit(client, steps=150, seed=11)
+        before = read_stream(
+            client, job["id"], until=lambda e: e.type == "progress" and e.data["step"] >= 5
+        )
+        first.signal(signal.SIGKILL)
+        second.start()
+        try:
+            after = read_stream(client, job["id"], last_event_id=before[-1].id, timeout=180)
+            done = client.get(f"/v1/jobs/{job['id']}").json()
+            artifacts = client.get(done["links"]["artifacts"]).json()["data"]
+        finally:
+            second.signal(signal.SIGTERM)
+    assert after[-1].type == "done" and after[-1].data["status"] == "succeeded"
+    assert done["attempts"] == 2
+    assert [a["key"] for a in artifacts] == [f"jobs/{job['id']}/00-generate/000.png"]
+    assert httpx.get(artifacts[0]["url"]).status_code == 200
+    messages = [e.data["message"] for e in after if e.type == "log"]
+    assert any("was lost during attempt 1; job requeued" in m for m in messages), messages
+    assert any("attempt 2 (retry)" in m for m in messages), messages
+
+
+def test_fifty_queued_jobs_survive_a_redis_restart(
+    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    redis = PrivateRedis(tmp_path)
+    try:
+        redis.start()
+    except FileNotFoundError as exc:
+        unavailable(str(exc))
+    settings = distributed_settings(port=free_port(), broker_url=redis.url, **FAST_RECOVERY)
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    worker = Worker(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        with (
+            ApiThread(settings, run_worker=False) as api,
+            httpx.Client(base_url=api.url, timeout=60) as client,
+        ):
+            ids = [submit(client, seed=i)["id"] for i in range(50)]
+            redis.stop()  # no persistence: every queued message is gone
+            redis.start()
+            finished = [
+                wait_for(client, job_id, {"succeeded", "failed"}, timeout=300) for job_id in ids
+            ]
+            artifacts = [client.get(j["links"]["artifacts"]).json()["data"] for j in finished]
+    finally:
+        worker.signal(signal.SIGTERM)
+        redis.stop()
+    assert [j["status"] for j in finished] == ["succeeded"] * 50
+    assert [len(a) for a in artifacts] == [1] * 50
+
+
+def test_the_api_answers_503_while_postgres_is_down_and_recovers(
+    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    postgres = PrivatePostgres()
+    try:
+        postgres.init()
+        postgres.start()
+    except (FileNotFoundError, OSError) as exc:
+        unavailable(f"a private PostgreSQL could not start: {exc}")
+    settings = distributed_settings(port=free_port(), database_url=postgres.url, **FAST_RECOVERY)
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    worker = Worker(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        with (
+            ApiThread(settings, run_worker=False) as api,
+            httpx.Client(base_url=api.url, timeout=30) as client,
+        ):
+            ids = [submit(client, steps=20, seed=i)["id"] for i in range(3)]
+            postgres.stop()
+            for method, path, body in [
+                ("GET", f"/v1/jobs/{ids[0]}", None),
+                ("GET", "/v1/jobs", None),
+                ("POST", "/v1/jobs", {"prompt": "during the outage"}),
+                ("GET", f"/v1/jobs/{ids[0]}/logs", None),
+            ]:
+                started = time.monotonic()
+                response = client.request(method, path, json=body)
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.json()["code"] == "UNAVAILABLE"
+                assert "retry-after" in response.headers
+                assert time.monotonic() - started < 10
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+
+            postgres.start()
+            deadline = time.monotonic() + 30
+            while client.get(f"/v1/jobs/{ids[0]}").status_code != 200:
+                assert time.monotonic() < deadline, "the API did not recover"
+                time.sleep(0.5)
+            finished = [
+                wait_for(client, job_id, {"succeeded", "failed"}, timeout=180) for job_id in ids
+            ]
+            listed = client.get("/v1/jobs", params={"limit": 100}).json()["data"]
+    finally:
+        worker.signal(signal.SIGTERM)
+        postgres.stop()
+        postgres.remove()
+    assert [j["status"] for j in finished] == ["succeeded"] * 3
+    assert sorted(j["id"] for j in listed) == sorted(ids)  # none lost, none half-created
