@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamforge.config import Settings
+from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 
 app = typer.Typer(help="Dream Forge: an API-first render fabric for SDXL.", no_args_is_help=True)
 model_app = typer.Typer(help="Manage the model registry.", no_args_is_help=True)
@@ -99,21 +101,22 @@ def api(
     )
 
 
+class Queue(StrEnum):
+    gpu = GPU_QUEUE
+    io = IO_QUEUE
+
+
 @app.command()
 def worker(
     queues: Annotated[
-        list[str], typer.Option("--queues", "-q", help="Queues to consume: gpu, io")
-    ] = ["gpu"],  # noqa: B006 - Typer reads the default, nothing mutates it
+        list[Queue], typer.Option("--queues", "-q", help="Queues to consume (repeatable)")
+    ] = [Queue.gpu],  # noqa: B006 - Typer reads the default, nothing mutates it
     data_dir: DataDir = None,
 ) -> None:
     """Run jobs from the broker until SIGTERM (distributed profile)."""
-    from dreamforge.queue.broker import QUEUES
     from dreamforge.runtime import Runtime
 
-    chosen = {q for item in queues for q in item.split(",") if q}
-    unknown = chosen - set(QUEUES)
-    if unknown:
-        raise typer.BadParameter(f"unknown queue(s) {sorted(unknown)}; use {list(QUEUES)}")
+    chosen = {q.value for q in queues}
     _configure_logging()
     settings = _settings(data_dir)
     runtime = Runtime.build(settings)
@@ -125,6 +128,25 @@ def worker(
     console.print(f"[bold green]Dream Forge worker[/] {runtime.worker_id} on {sorted(chosen)}")
     stop.wait()
     runtime.stop()
+
+
+@app.command()
+def check(data_dir: DataDir = None) -> None:
+    """Check that the database, the broker and the storage answer (exit 1 if not)."""
+    from dreamforge.runtime import Runtime
+
+    runtime = Runtime.build(_settings(data_dir))
+    failed = False
+    for name, probe in runtime.readiness_probes().items():
+        try:
+            probe()
+        except Exception as exc:  # noqa: BLE001 - each failure is reported, not raised
+            console.print(f"{name}: [red]{exc}[/]")
+            failed = True
+        else:
+            console.print(f"{name}: [green]ok[/]")
+    runtime.stop()
+    raise typer.Exit(1 if failed else 0)
 
 
 @db_app.command("upgrade")
