@@ -118,8 +118,10 @@ def distributed_settings(
     seaweedfs: SeaweedFS,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., Settings]:
-    """Settings for the distributed profile, with a database, Redis namespace and bucket
-    of their own, so that runs never collide."""
+    """Settings for the distributed profile, with a database, Redis namespace and key
+    prefix of their own, so that runs never collide (the bucket is the session's: each
+    bucket costs SeaweedFS a set of volumes)."""
+    bucket = f"dreamforge-test-{uuid.uuid4().hex[:8]}"
 
     def make(**overrides: object) -> Settings:
         run = uuid.uuid4().hex[:10]
@@ -128,7 +130,7 @@ def distributed_settings(
             "database_url": new_postgres_database(),
             "broker_url": redis_url,
             "redis_namespace": f"dreamforge-test-{run}",
-            "storage_url": f"s3://dreamforge-test-{run}/artifacts",
+            "storage_url": f"s3://{bucket}/{run}",
             "s3_endpoint_url": seaweedfs.endpoint,
             "s3_access_key_id": SeaweedFS.ACCESS_KEY,
             "s3_secret_access_key": SeaweedFS.SECRET_KEY,

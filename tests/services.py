@@ -92,7 +92,7 @@ class SeaweedFS:
             f"-s3.port.grpc={free_port()}",
             f"-s3.config={config}",
             "-master.telemetry=false",
-            "-volume.max=20",
+            "-volume.max=100",
         ]
         with (self.root / "weed.log").open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -51,11 +51,11 @@ def test_a_job_whose_worker_is_killed_runs_again_elsewhere(
             artifacts = client.get(done["links"]["artifacts"]).json()["data"]
         finally:
             second.signal(signal.SIGTERM)
-    assert after[-1].type == "done" and after[-1].data["status"] == "succeeded"
+    messages = [e.data["message"] for e in after if e.type == "log"]
+    assert after[-1].data["status"] == "succeeded", (done["error"], messages)
     assert done["attempts"] == 2
     assert [a["key"] for a in artifacts] == [f"jobs/{job['id']}/00-generate/000.png"]
     assert httpx.get(artifacts[0]["url"]).status_code == 200
-    messages = [e.data["message"] for e in after if e.type == "log"]
     assert any("was lost during attempt 1; job requeued" in m for m in messages), messages
     assert any("attempt 2 (retry)" in m for m in messages), messages
 

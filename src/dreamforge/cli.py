@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from enum import StrEnum
@@ -82,6 +83,7 @@ def api(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="Default: 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="Default: 8000")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="API processes on this port")] = 1,
 ) -> None:
     """Serve the API only; `dreamforge worker` processes run the jobs (distributed)."""
     from dreamforge.api.app import create_app
@@ -92,13 +94,20 @@ def api(
     runtime = Runtime.build(settings)
     runtime.prepare()
     console.print(f"[bold green]Dream Forge API[/] at http://{settings.host}:{settings.port}")
-    uvicorn.run(
-        create_app(runtime),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=10,
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(runtime), **options)  # type: ignore[arg-type]
+        return
+    runtime.stop()
+    # Each API process builds its own runtime from the environment: hand it these options.
+    if data_dir is not None:
+        os.environ["DREAMFORGE_DATA_DIR"] = str(data_dir)
+    uvicorn.run("dreamforge.api.asgi:create", factory=True, workers=workers, **options)  # type: ignore[arg-type]
 
 
 class Queue(StrEnum):
@@ -119,7 +128,7 @@ def worker(
     chosen = {q.value for q in queues}
     _configure_logging()
     settings = _settings(data_dir)
-    runtime = Runtime.build(settings)
+    runtime = Runtime.build(settings, serves_streams=False)
     runtime.db.upgrade()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,7 +144,7 @@ def check(data_dir: DataDir = None) -> None:
     """Check that the database, the broker and the storage answer (exit 1 if not)."""
     from dreamforge.runtime import Runtime
 
-    runtime = Runtime.build(_settings(data_dir))
+    runtime = Runtime.build(_settings(data_dir), serves_streams=False)
     failed = False
     for name, probe in runtime.readiness_probes().items():
         try:

@@ -42,12 +42,12 @@ class DataDirInUse(RuntimeError):
     pass
 
 
-def make_notifier(settings: Settings) -> Notifier:
+def make_notifier(settings: Settings, serves_streams: bool) -> Notifier:
     if settings.broker_url.startswith("memory://"):
         return InProcessNotifier()
     from dreamforge.events.redis_notifier import RedisNotifier
 
-    return RedisNotifier(settings.broker_url, settings.redis_namespace)
+    return RedisNotifier(settings.broker_url, settings.redis_namespace, serves_streams)
 
 
 @dataclass
@@ -80,10 +80,11 @@ class Runtime:
     _lock: IO[Any] | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, serves_streams: bool = True) -> Runtime:
+        """``serves_streams=False`` for worker-only processes, which follow no events."""
         db = Database(settings.resolved_database_url)
         jobs = JobRepository(db)
-        notifier = make_notifier(settings)
+        notifier = make_notifier(settings, serves_streams)
         events = EventLog(jobs, notifier)
         models = ModelRegistry(ModelRepository(db))
         signer = UrlSigner(settings.resolved_signing_key)

@@ -101,6 +101,10 @@ class SubscriberSet:
                 if not subscribers:
                     del self._subscriptions[subscription.job_id]
 
+    def wants(self, job_id: str) -> bool:
+        """Whether any stream in this process follows the job (a lock-free peek)."""
+        return job_id in self._subscriptions
+
     def deliver(self, job_id: str, events: Sequence[JobEvent]) -> None:
         with self._lock:
             subscriptions = list(self._subscriptions.get(job_id, ()))

@@ -53,7 +53,11 @@ def _decode(payload: bytes) -> list[JobEvent]:
 
 
 class RedisNotifier:
-    def __init__(self, url: str, namespace: str) -> None:
+    """``follow_events``: this process serves streams (an API), so it listens to every
+    job's events; a worker process only needs the cancel channel."""
+
+    def __init__(self, url: str, namespace: str, follow_events: bool = True) -> None:
+        self._follow_events = follow_events
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._events_prefix = f"{namespace}:events:"
         self._cancel_channel = f"{namespace}:cancel"
@@ -98,7 +102,8 @@ class RedisNotifier:
         while not self._stopped.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub.psubscribe(self._events_prefix + "*")
+                if self._follow_events:
+                    pubsub.psubscribe(self._events_prefix + "*")
                 pubsub.subscribe(self._cancel_channel)
                 backoff = 0.1
                 while not self._stopped.is_set():
@@ -118,4 +123,5 @@ class RedisNotifier:
             self._canceled.add(message["data"].decode())
         else:
             job_id = channel.removeprefix(self._events_prefix)
-            self._subscribers.deliver(job_id, _decode(message["data"]))
+            if self._subscribers.wants(job_id):  # most jobs have no follower here
+                self._subscribers.deliver(job_id, _decode(message["data"]))

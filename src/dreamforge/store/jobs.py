@@ -131,24 +131,54 @@ class JobRepository:
     # -- writes -------------------------------------------------------------------------
 
     def create(self, job_id: str, spec: JobSpec, new_events: Sequence[NewEvent]) -> Job:
+        """Insert the job with its first events, in two statements: this is the API's
+        hottest write."""
         now = utcnow()
+        job = Job(
+            id=job_id,
+            status=JobStatus.QUEUED,
+            spec=spec,
+            progress=0.0,
+            stage="queued",
+            error=None,
+            cancel_requested=False,
+            attempts=0,
+            lease_owner=None,
+            last_seq=len(new_events),
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+        )
         with self._db.connection() as connection:
             connection.execute(
                 insert(jobs).values(
-                    id=job_id,
-                    status=JobStatus.QUEUED.value,
+                    id=job.id,
+                    status=job.status.value,
                     spec=spec.model_dump(mode="json"),
-                    progress=0.0,
-                    stage="queued",
+                    progress=job.progress,
+                    stage=job.stage,
                     cancel_requested=False,
                     attempts=0,
-                    last_seq=0,
+                    last_seq=job.last_seq,
                     created_at=now,
                     enqueued_at=now,
                 )
             )
-            _append(connection, job_id, new_events, {})
-            return _job(connection.execute(select(jobs).where(jobs.c.id == job_id)).one())
+            if new_events:
+                connection.execute(
+                    insert(events),
+                    [
+                        {
+                            "job_id": job_id,
+                            "seq": seq,
+                            "type": type_.value,
+                            "data": data,
+                            "created_at": now,
+                        }
+                        for seq, (type_, data) in enumerate(new_events, start=1)
+                    ],
+                )
+        return job
 
     def record(self, job_id: str, new_events: Sequence[NewEvent], **fields: Any) -> list[JobEvent]:
         """Append events and update fields unconditionally."""

@@ -50,9 +50,11 @@ class ModelRepository:
             return _model(row)
 
     def get(self, model_id: str) -> Model | None:
+        # Core, not the ORM: every job submission reads its model.
+        table = ModelRow.__table__
         with self._db.reading() as connection:
-            row = Session(bind=connection).get(ModelRow, model_id)
-            return _model(row) if row else None
+            row = connection.execute(select(table).where(table.c.id == model_id)).first()
+            return _model(ModelRow(**row._mapping)) if row else None
 
     def list(self) -> list[Model]:
         with self._db.reading() as connection:

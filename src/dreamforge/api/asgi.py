@@ -1,0 +1,15 @@
+"""The API as an ASGI factory, for servers that start their own worker processes
+(`dreamforge api --workers N`, or `uvicorn --factory dreamforge.api.asgi:create`)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from dreamforge.api.app import create_app
+from dreamforge.config import Settings
+from dreamforge.runtime import Runtime
+
+
+def create() -> FastAPI:
+    """Settings come from the environment (``DREAMFORGE_*``), as in every process."""
+    return create_app(Runtime.build(Settings()))
