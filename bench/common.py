@@ -51,6 +51,30 @@ class BarePipeline:
         ).images[0]
 
 
+def compare(
+    client: httpx.Client, bare: BarePipeline, jobs: int, rounds: int
+) -> tuple[float, float]:
+    """Seconds for ``jobs`` generations through the service and through bare diffusers.
+
+    Both are warmed up first; rounds alternate, so that machine noise falls on both alike.
+    """
+    run_job(client, seed=0)
+    bare.generate(seed=0)
+    service_s = bare_s = 0.0
+    per_round = jobs // rounds
+    for round_ in range(rounds):
+        seeds = range(1 + round_ * per_round, 1 + (round_ + 1) * per_round)
+        started = time.perf_counter()
+        for seed in seeds:
+            run_job(client, seed)
+        service_s += time.perf_counter() - started
+        started = time.perf_counter()
+        for seed in seeds:
+            bare.generate(seed)
+        bare_s += time.perf_counter() - started
+    return service_s, bare_s
+
+
 def free_port() -> int:
     import socket
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from bench.common import BarePipeline, run_job
+from bench.common import BarePipeline, compare
 from dreamforge.config import Settings
 from dreamforge.models.registry import TINY_DEFAULTS, ModelRegistry
 from dreamforge.models.tiny import write_tiny_sdxl
@@ -95,21 +95,7 @@ def throughput(root: Path) -> float:
         stack(root, with_worker=True) as (url, model_dir),
         httpx.Client(base_url=url, timeout=120) as client,
     ):
-        bare = BarePipeline(model_dir)
-        run_job(client, seed=0)  # warm up: the worker's runner loads the model once
-        bare.generate(seed=0)
-        service_s = bare_s = 0.0
-        per_round = JOBS // ROUNDS
-        for round_ in range(ROUNDS):
-            seeds = range(1 + round_ * per_round, 1 + (round_ + 1) * per_round)
-            started = time.perf_counter()
-            for seed in seeds:
-                run_job(client, seed)
-            service_s += time.perf_counter() - started
-            started = time.perf_counter()
-            for seed in seeds:
-                bare.generate(seed)
-            bare_s += time.perf_counter() - started
+        service_s, bare_s = compare(client, BarePipeline(model_dir), JOBS, ROUNDS)
     print(f"(a) {JOBS} jobs each way: service {JOBS / service_s:.3f}/s, bare {JOBS / bare_s:.3f}/s")
     return (JOBS / service_s) / (JOBS / bare_s)
 

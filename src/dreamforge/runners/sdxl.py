@@ -73,14 +73,7 @@ class SdxlRunner:
         if cached is not None and cached[0] == model.sha256:
             self._pipelines.move_to_end(model.id)
             _, pipe, scheduler_config = cached
-            loaded = ModelLoaded(
-                model.id,
-                time.perf_counter() - started,
-                True,
-                str(self._device.device),
-                self._device.dtype_name,
-            )
-            return pipe, scheduler_config, loaded
+            return pipe, scheduler_config, self._loaded(model, started, cached=True)
         self._pipelines.pop(model.id, None)
         while len(self._pipelines) >= self._max_pipelines:
             self._pipelines.popitem(last=False)
@@ -97,14 +90,12 @@ class SdxlRunner:
         pipe.set_progress_bar_config(disable=True)
         scheduler_config = pipe.scheduler.config
         self._pipelines[model.id] = (model.sha256, pipe, scheduler_config)
-        loaded = ModelLoaded(
-            model.id,
-            time.perf_counter() - started,
-            False,
-            str(self._device.device),
-            self._device.dtype_name,
-        )
-        return pipe, scheduler_config, loaded
+        return pipe, scheduler_config, self._loaded(model, started, cached=False)
+
+    def _loaded(self, model: ModelRef, started: float, cached: bool) -> ModelLoaded:
+        seconds = time.perf_counter() - started
+        device = self._device
+        return ModelLoaded(model.id, seconds, cached, str(device.device), device.dtype_name)
 
     def _scheduler(self, model_id: str, name: Scheduler, config: Any) -> Any:
         # Schedulers reset themselves in set_timesteps, so one instance per model and kind

@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from dreamforge.api import deps
-from dreamforge.api.schemas import ErrorOut, JobLinks, JobListOut, JobOut, problem_responses
+from dreamforge.api.schemas import (
+    SPEC_EXAMPLE,
+    ErrorOut,
+    JobLinks,
+    JobListOut,
+    JobOut,
+    problem_responses,
+)
 from dreamforge.domain.errors import FieldProblem, InvalidRequest
 from dreamforge.domain.jobs import JobRequest, JobStatus
 from dreamforge.runtime import Runtime
@@ -20,20 +27,7 @@ REQUEST_EXAMPLES = {
         "summary": "Only a prompt: everything else from the model's defaults",
         "value": {"prompt": "a lighthouse at dawn, oil on canvas"},
     },
-    "full": {
-        "summary": "Every field set",
-        "value": {
-            "prompt": "a lighthouse at dawn, oil on canvas",
-            "negative_prompt": "blurry",
-            "width": 1024,
-            "height": 1024,
-            "steps": 30,
-            "guidance_scale": 5.0,
-            "scheduler": "euler",
-            "seed": 1234,
-            "model_id": "tiny-sdxl",
-        },
-    },
+    "full": {"summary": "Every field set", "value": SPEC_EXAMPLE},
 }
 
 
