@@ -55,52 +55,53 @@ def two_apis_and_a_worker(
     distributed_settings: Callable[..., Settings],
     tiny_model_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[ApiThread, ApiThread]]:
+) -> Iterator[tuple[str, str]]:
+    """Two API processes' worth of runtime (threads here) and one worker process; yields
+    the two APIs' URLs."""
     settings = distributed_settings(port=free_port())
     register_tiny(settings.resolved_database_url, tiny_model_dir)
     worker = Worker(settings, tmp_path_factory.mktemp("logs") / "worker.log")
     worker.start()
     other = settings.model_copy(update={"port": free_port()})
     with ApiThread(settings, run_worker=False) as a, ApiThread(other, run_worker=False) as b:
-        yield a, b
+        yield a.url, b.url
     worker.signal(signal.SIGTERM)
 
 
-def test_a_stream_follows_a_worker_and_resumes_on_another_api(
-    two_apis_and_a_worker: tuple[ApiThread, ApiThread],
-) -> None:
+@pytest.fixture
+def clients(two_apis_and_a_worker: tuple[str, str]) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     a, b = two_apis_and_a_worker
-    with (
-        httpx.Client(base_url=a.url, timeout=60) as on_a,
-        httpx.Client(base_url=b.url, timeout=60) as on_b,
-    ):
-        job = submit(on_a, steps=40)
-        head = read_stream(
-            on_a, job["id"], until=lambda e: e.type == "progress" and e.data["step"] >= 10
-        )
-        assert any(e.type == "status" and e.data["status"] == "running" for e in head)
-        rest = read_stream(on_b, job["id"], last_event_id=head[-1].id)
-        ids = [e.id for e in head + rest]
-        assert ids == list(range(1, len(ids) + 1))
-        assert rest[-1].type == "done" and rest[-1].data["status"] == "succeeded"
-        assert wait_for(on_b, job["id"], {"succeeded"})["attempts"] == 1
+    with httpx.Client(base_url=a, timeout=60) as on_a, httpx.Client(base_url=b, timeout=60) as on_b:
+        yield on_a, on_b
+
+
+def test_a_stream_follows_a_worker_and_resumes_on_another_api(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    on_a, on_b = clients
+    job = submit(on_a, steps=40)
+    head = read_stream(
+        on_a, job["id"], until=lambda e: e.type == "progress" and e.data["step"] >= 10
+    )
+    assert any(e.type == "status" and e.data["status"] == "running" for e in head)
+    rest = read_stream(on_b, job["id"], last_event_id=head[-1].id)
+    ids = [e.id for e in head + rest]
+    assert ids == list(range(1, len(ids) + 1))
+    assert rest[-1].type == "done" and rest[-1].data["status"] == "succeeded"
+    assert wait_for(on_b, job["id"], {"succeeded"})["attempts"] == 1
 
 
 def test_cancel_through_one_api_stops_the_worker(
-    two_apis_and_a_worker: tuple[ApiThread, ApiThread],
+    clients: tuple[httpx.Client, httpx.Client],
 ) -> None:
-    a, b = two_apis_and_a_worker
-    with (
-        httpx.Client(base_url=a.url, timeout=60) as on_a,
-        httpx.Client(base_url=b.url, timeout=60) as on_b,
-    ):
-        job = submit(on_a, steps=150)
-        read_stream(on_a, job["id"], until=lambda e: e.type == "progress")
-        assert on_b.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
-        done = wait_for(on_a, job["id"], {"canceled"}, timeout=30)
-        events = read_stream(on_b, job["id"])
-        cancel_at = next(
-            e.id for e in events if e.type == "log" and e.data["message"] == "cancel requested"
-        )
-        assert len([e for e in events if e.type == "progress" and e.id > cancel_at]) <= 2
-        assert done["error"] is None
+    on_a, on_b = clients
+    job = submit(on_a, steps=150)
+    read_stream(on_a, job["id"], until=lambda e: e.type == "progress")
+    assert on_b.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    done = wait_for(on_a, job["id"], {"canceled"}, timeout=30)
+    events = read_stream(on_b, job["id"])
+    cancel_at = next(
+        e.id for e in events if e.type == "log" and e.data["message"] == "cancel requested"
+    )
+    assert len([e for e in events if e.type == "progress" and e.id > cancel_at]) <= 2
+    assert done["error"] is None

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,22 @@ FAST_RECOVERY = {
     "reaper_interval_s": 0.5,
     "requeue_after_s": 3.0,
 }
+
+
+@contextmanager
+def api_and_worker(settings: Settings, tiny_model_dir: Path, logs: Path) -> Iterator[httpx.Client]:
+    """An API (a thread here) and a worker process on ``settings``; yields a client."""
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    worker = Worker(settings, logs / "worker.log")
+    worker.start()
+    try:
+        with (
+            ApiThread(settings, run_worker=False) as api,
+            httpx.Client(base_url=api.url, timeout=60) as client,
+        ):
+            yield client
+    finally:
+        worker.signal(signal.SIGTERM)
 
 
 def test_a_job_whose_worker_is_killed_runs_again_elsewhere(
@@ -69,14 +86,8 @@ def test_fifty_queued_jobs_survive_a_redis_restart(
     except FileNotFoundError as exc:
         unavailable(str(exc))
     settings = distributed_settings(port=free_port(), broker_url=redis.url, **FAST_RECOVERY)
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    worker = Worker(settings, tmp_path / "worker.log")
-    worker.start()
     try:
-        with (
-            ApiThread(settings, run_worker=False) as api,
-            httpx.Client(base_url=api.url, timeout=60) as client,
-        ):
+        with api_and_worker(settings, tiny_model_dir, tmp_path) as client:
             ids = [submit(client, seed=i)["id"] for i in range(50)]
             redis.stop()  # no persistence: every queued message is gone
             redis.start()
@@ -85,7 +96,6 @@ def test_fifty_queued_jobs_survive_a_redis_restart(
             ]
             artifacts = [client.get(j["links"]["artifacts"]).json()["data"] for j in finished]
     finally:
-        worker.signal(signal.SIGTERM)
         redis.stop()
     assert [j["status"] for j in finished] == ["succeeded"] * 50
     assert [len(a) for a in artifacts] == [1] * 50
@@ -101,14 +111,8 @@ def test_the_api_answers_503_while_postgres_is_down_and_recovers(
     except (FileNotFoundError, OSError) as exc:
         unavailable(f"a private PostgreSQL could not start: {exc}")
     settings = distributed_settings(port=free_port(), database_url=postgres.url, **FAST_RECOVERY)
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    worker = Worker(settings, tmp_path / "worker.log")
-    worker.start()
     try:
-        with (
-            ApiThread(settings, run_worker=False) as api,
-            httpx.Client(base_url=api.url, timeout=30) as client,
-        ):
+        with api_and_worker(settings, tiny_model_dir, tmp_path) as client:
             ids = [submit(client, steps=20, seed=i)["id"] for i in range(3)]
             postgres.stop()
             for method, path, body in [
@@ -137,7 +141,6 @@ def test_the_api_answers_503_while_postgres_is_down_and_recovers(
             ]
             listed = client.get("/v1/jobs", params={"limit": 100}).json()["data"]
     finally:
-        worker.signal(signal.SIGTERM)
         postgres.stop()
         postgres.remove()
     assert [j["status"] for j in finished] == ["succeeded"] * 3
