@@ -13,7 +13,6 @@ import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Protocol
 
 from dreamforge.store.records import JobEvent
@@ -73,12 +72,6 @@ class LocalSubscription:
     def close(self) -> None:
         self._on_close(self)
 
-    def __enter__(self) -> LocalSubscription:
-        return self
-
-    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.close()
-
 
 class SubscriberSet:
     """Thread-safe fan-out of events to the subscriptions of each job in this process."""
@@ -116,7 +109,8 @@ class SubscriberSet:
 
 
 class InProcessNotifier:
-    """The embedded profile's notifier: API and worker share one process."""
+    """The embedded profile's notifier: API and worker share one process. Other notifiers
+    use one for what they deliver within their own process."""
 
     def __init__(self) -> None:
         self._subscribers = SubscriberSet()
@@ -127,6 +121,9 @@ class InProcessNotifier:
 
     def publish(self, job_id: str, events: Sequence[JobEvent]) -> None:
         self._subscribers.deliver(job_id, events)
+
+    def follows(self, job_id: str) -> bool:
+        return self._subscribers.wants(job_id)
 
     def publish_cancel(self, job_id: str) -> None:
         self._canceled.add(job_id)

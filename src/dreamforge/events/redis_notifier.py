@@ -17,7 +17,7 @@ import redis
 import structlog
 
 from dreamforge.domain.events import EventType
-from dreamforge.events.notifier import LocalSubscription, SubscriberSet
+from dreamforge.events.notifier import InProcessNotifier, LocalSubscription
 from dreamforge.store.records import JobEvent
 
 log = structlog.get_logger(__name__)
@@ -61,8 +61,7 @@ class RedisNotifier:
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._events_prefix = f"{namespace}:events:"
         self._cancel_channel = f"{namespace}:cancel"
-        self._subscribers = SubscriberSet()
-        self._canceled: set[str] = set()
+        self._local = InProcessNotifier()
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._listen, name="dreamforge-notifier", daemon=True
@@ -76,20 +75,20 @@ class RedisNotifier:
             log.warning("notifier.publish_failed", job_id=job_id, error=str(exc))
 
     def subscribe(self, job_id: str) -> LocalSubscription:
-        return self._subscribers.add(job_id)
+        return self._local.subscribe(job_id)
 
     def publish_cancel(self, job_id: str) -> None:
-        self._canceled.add(job_id)
+        self._local.publish_cancel(job_id)
         try:
             self._redis.publish(self._cancel_channel, job_id)
         except redis.RedisError as exc:  # the worker's database poll still sees the flag
             log.warning("notifier.cancel_publish_failed", job_id=job_id, error=str(exc))
 
     def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self._canceled
+        return self._local.cancel_requested(job_id)
 
     def forget_cancel(self, job_id: str) -> None:
-        self._canceled.discard(job_id)
+        self._local.forget_cancel(job_id)
 
     def close(self) -> None:
         self._stopped.set()
@@ -120,8 +119,8 @@ class RedisNotifier:
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()
         if channel == self._cancel_channel:
-            self._canceled.add(message["data"].decode())
+            self._local.publish_cancel(message["data"].decode())
         else:
             job_id = channel.removeprefix(self._events_prefix)
-            if self._subscribers.wants(job_id):  # most jobs have no follower here
-                self._subscribers.deliver(job_id, _decode(message["data"]))
+            if self._local.follows(job_id):  # most jobs have no follower here
+                self._local.publish(job_id, _decode(message["data"]))

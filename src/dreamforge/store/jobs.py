@@ -103,9 +103,20 @@ def _append(
     if last is None:
         return None
     now = utcnow()
+    return _insert_events(connection, job_id, last - len(new_events), new_events, now)
+
+
+def _insert_events(
+    connection: Connection,
+    job_id: str,
+    after_seq: int,
+    new_events: Sequence[NewEvent],
+    now: datetime,
+) -> list[JobEvent]:
+    """Insert events numbered from ``after_seq + 1``; the caller has reserved the numbers."""
     appended = [
-        JobEvent(job_id, last - len(new_events) + i + 1, type_, data, now)
-        for i, (type_, data) in enumerate(new_events)
+        JobEvent(job_id, after_seq + i, type_, data, now)
+        for i, (type_, data) in enumerate(new_events, start=1)
     ]
     if appended:
         connection.execute(
@@ -164,20 +175,7 @@ class JobRepository:
                     enqueued_at=now,
                 )
             )
-            if new_events:
-                connection.execute(
-                    insert(events),
-                    [
-                        {
-                            "job_id": job_id,
-                            "seq": seq,
-                            "type": type_.value,
-                            "data": data,
-                            "created_at": now,
-                        }
-                        for seq, (type_, data) in enumerate(new_events, start=1)
-                    ],
-                )
+            _insert_events(connection, job_id, 0, new_events, now)
         return job
 
     def record(self, job_id: str, new_events: Sequence[NewEvent], **fields: Any) -> list[JobEvent]:
