@@ -95,7 +95,9 @@ def test_cancel_through_one_api_stops_the_worker(
     clients: tuple[httpx.Client, httpx.Client],
 ) -> None:
     on_a, on_b = clients
-    job = submit(on_a, steps=150)
+    # 128px steps (~0.1 s here, like an SDXL step on a GPU) outlast the trip of the cancel
+    # signal through Redis even on a loaded machine; 64px steps (~0.04 s) sometimes do not.
+    job = submit(on_a, steps=150, width=128, height=128)
     read_stream(on_a, job["id"], until=lambda e: e.type == "progress")
     assert on_b.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     done = wait_for(on_a, job["id"], {"canceled"}, timeout=30)
