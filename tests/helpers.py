@@ -14,9 +14,19 @@ from httpx_sse import connect_sse
 
 @dataclass(frozen=True)
 class Event:
-    id: int
+    id: int | None  # None on live-only progress events
     type: str
     data: dict[str, Any]
+
+
+def durable(events: list[Event]) -> list[Event]:
+    """The events a stream replays: all but live progress."""
+    return [e for e in events if e.id is not None]
+
+
+def last_id(events: list[Event]) -> int:
+    """What an EventSource sends as Last-Event-ID after these events."""
+    return durable(events)[-1].id or 0
 
 
 def read_stream(
@@ -39,7 +49,12 @@ def read_stream(
                 # httpx-sse dispatches heartbeat comments as empty events; the spec says
                 # an empty data buffer dispatches nothing.
                 continue
-            events.append(Event(int(sse.id), sse.event, json.loads(sse.data)))
+            data = json.loads(sse.data)
+            # A live progress event has no id: line, so the client's last id stays as it
+            # was (httpx-sse reports that one); its data has no seq.
+            seq = data.get("seq")
+            assert seq is None or sse.id == str(seq), (sse.id, data)
+            events.append(Event(seq, sse.event, data))
             if limit is not None and len(events) >= limit:
                 break
             if until is not None and until(events[-1]):
@@ -70,3 +85,19 @@ def run_to_end(client: httpx.Client, **spec: Any) -> tuple[dict[str, Any], list[
     job = submit(client, **spec)
     events = read_stream(client, job["id"])
     return client.get(f"/v1/jobs/{job['id']}").json(), events
+
+
+def cancel_while_following(client: httpx.Client, job: dict[str, Any]) -> tuple[int, list[Event]]:
+    """Follow the job's stream, cancel it at the first denoising step seen, and read on
+    to the end; the step at which the cancel was sent, and every event."""
+    sent_at: list[int] = []
+
+    def cancel_once(event: Event) -> bool:
+        if "step" in event.data and not sent_at:
+            assert client.post(job["links"]["cancel"]).status_code == 202
+            sent_at.append(event.data["step"])
+        return False
+
+    events = read_stream(client, job["id"], until=cancel_once)
+    assert sent_at, "no denoising step was seen"
+    return sent_at[0], events

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from tests.conftest import LiveServer
-from tests.helpers import read_stream, submit, wait_for
+from tests.helpers import (
+    cancel_while_following,
+    durable,
+    last_id,
+    read_stream,
+    submit,
+    wait_for,
+)
 
 LONG = {"steps": 150}  # ~5 s on a CPU with the tiny model: time to act while it runs
 
@@ -26,21 +33,18 @@ def test_a_queued_job_is_canceled_at_once_and_never_runs(live: LiveServer) -> No
 
 
 def test_a_running_job_stops_within_one_step(live: LiveServer) -> None:
-    job = submit(live.client, **LONG)
-    read_stream(live.client, job["id"], until=lambda e: e.type == "progress")
-
-    response = live.client.post(job["links"]["cancel"])
-    assert response.status_code == 202
+    # 128px steps (~0.1 s here, about an SDXL step on a GPU) outlast the cancel's trip from
+    # the client through the API (and Redis) to the worker.
+    job = submit(live.client, **LONG, width=128, height=128)
+    sent_at, events = cancel_while_following(live.client, job)
     done = wait_for(live.client, job["id"], {"canceled"}, timeout=30)
     assert done["error"] is None and done["finished_at"]
 
-    events = read_stream(live.client, job["id"])
-    cancel_at = next(
-        e.id for e in events if e.type == "log" and e.data["message"] == "cancel requested"
-    )
-    steps_after = [e for e in events if e.type == "progress" and e.id > cancel_at]
-    assert len(steps_after) <= 2, "denoising went on after the cancel request"
-    assert max(e.data["step"] for e in events if e.type == "progress") < 150
+    steps = [e.data["step"] for e in events if "step" in e.data]
+    # The step under way when the cancel lands finishes, and the client saw the step
+    # before it sent the cancel. The fake runner's test pins exactly one step.
+    assert steps[-1] - sent_at <= 2, (sent_at, steps)
+    assert events[-1].type == "done" and events[-1].data["status"] == "canceled"
     assert live.client.get(job["links"]["artifacts"]).json()["data"] == []
 
 
@@ -61,19 +65,24 @@ def test_canceling_twice_is_harmless_and_a_finished_job_cannot_be(live: LiveServ
 
 def test_resuming_a_live_stream_misses_nothing_and_repeats_nothing(live: LiveServer) -> None:
     job = submit(live.client, steps=40)
-    head = read_stream(live.client, job["id"], limit=8)
-    rest = read_stream(live.client, job["id"], last_event_id=head[-1].id)
-    ids = [e.id for e in head + rest]
+    head = read_stream(live.client, job["id"], until=lambda e: e.data.get("step", 0) >= 3)
+    rest = read_stream(live.client, job["id"], last_event_id=last_id(head))
+    ids = [e.id for e in durable(head + rest)]
     assert ids == list(range(1, len(ids) + 1))
     assert rest[-1].type == "done"
-    assert [e.data.get("step") for e in head + rest if e.type == "progress"] == list(range(1, 41))
+    # Progress is live only: steps during the reconnect are not replayed, the rest arrive.
+    steps = [e.data["step"] for e in head + rest if "step" in e.data]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
 
 
 def test_resuming_after_the_end_replays_exactly_the_missed_tail(live: LiveServer) -> None:
     job = submit(live.client)
-    full = read_stream(live.client, job["id"])
+    full = durable(read_stream(live.client, job["id"]))
     for cut in (0, 1, len(full) // 2, len(full) - 1):
         assert read_stream(live.client, job["id"], last_event_id=cut) == full[cut:]
+    # What a browser's EventSource does after done: reconnect with the last id. Nothing
+    # is left to send, so the stream closes at once instead of hanging.
+    assert read_stream(live.client, job["id"], last_event_id=full[-1].id, timeout=10) == []
     with live.client.stream(
         "GET", job["links"]["stream"], params={"after": full[-2].id}
     ) as response:

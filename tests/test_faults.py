@@ -14,7 +14,7 @@ import pytest
 
 from dreamforge.config import Settings
 from tests.conftest import ApiThread, free_port, register_tiny, unavailable
-from tests.helpers import read_stream, submit, wait_for
+from tests.helpers import last_id, read_stream, submit, wait_for
 from tests.processes import Worker
 from tests.services import PrivatePostgres, PrivateRedis
 
@@ -57,13 +57,11 @@ def test_a_job_whose_worker_is_killed_runs_again_elsewhere(
         httpx.Client(base_url=api.url, timeout=60) as client,
     ):
         job = submit(client, steps=150, seed=11)
-        before = read_stream(
-            client, job["id"], until=lambda e: e.type == "progress" and e.data["step"] >= 5
-        )
+        before = read_stream(client, job["id"], until=lambda e: e.data.get("step", 0) >= 5)
         first.signal(signal.SIGKILL)
         second.start()
         try:
-            after = read_stream(client, job["id"], last_event_id=before[-1].id, timeout=180)
+            after = read_stream(client, job["id"], last_event_id=last_id(before), timeout=180)
             done = client.get(f"/v1/jobs/{job['id']}").json()
             artifacts = client.get(done["links"]["artifacts"]).json()["data"]
         finally:

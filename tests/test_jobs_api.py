@@ -11,7 +11,7 @@ from PIL import Image
 
 from dreamforge.artifacts.receipts import read_png_text, read_receipt
 from tests.conftest import LiveServer
-from tests.helpers import read_stream, run_to_end, submit, wait_for
+from tests.helpers import durable, read_stream, run_to_end, submit, wait_for
 
 
 def test_a_job_runs_from_submit_to_downloaded_image(live: LiveServer) -> None:
@@ -77,8 +77,11 @@ def test_an_omitted_seed_is_drawn_and_recorded(live: LiveServer) -> None:
 
 def test_progress_rises_step_by_step_to_one(live: LiveServer) -> None:
     job, events = run_to_end(live.client, steps=5)
-    progress = [e.data["progress"] for e in events if e.type == "progress"]
-    assert [e.data["step"] for e in events if e.type == "progress"] == [1, 2, 3, 4, 5]
+    stepped = [e.data for e in events if e.type == "progress" and "step" in e.data]
+    steps = [data["step"] for data in stepped]
+    # Live only: a stream that connects late misses the first steps, never the rest.
+    assert steps == list(range(steps[0], 6))
+    progress = [data["progress"] for data in stepped]
     assert progress == sorted(progress) and 0 < progress[0] < progress[-1] < 1
     snapshot = live.client.get(job["links"]["progress"]).json()
     assert snapshot["progress"] == 1.0 and snapshot["status"] == "succeeded"
@@ -166,5 +169,5 @@ def test_models_are_listed_with_their_defaults(live: LiveServer) -> None:
 def test_stream_of_a_finished_job_replays_everything_and_closes(live: LiveServer) -> None:
     job, live_events = run_to_end(live.client)
     replay = read_stream(live.client, job["id"])
-    assert replay == live_events
+    assert replay == durable(live_events)  # progress was live only
     assert [e.id for e in replay] == list(range(1, len(replay) + 1))

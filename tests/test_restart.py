@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import register_tiny
-from tests.helpers import read_stream, submit, wait_for
+from tests.helpers import durable, last_id, read_stream, submit, wait_for
 from tests.processes import Serve
 
 pytestmark = pytest.mark.slow
@@ -31,15 +31,13 @@ def test_jobs_in_flight_finish_after_a_restart(serve: Serve, sig: signal.Signals
     with httpx.Client(base_url=serve.url, timeout=60) as client:
         running = submit(client, steps=150, seed=3)
         queued = submit(client, seed=4)
-        before = read_stream(
-            client, running["id"], until=lambda e: e.type == "progress" and e.data["step"] >= 5
-        )
+        before = read_stream(client, running["id"], until=lambda e: e.data.get("step", 0) >= 5)
     serve.stop(sig)
 
     serve.start()
     with httpx.Client(base_url=serve.url, timeout=60) as client:
-        after = read_stream(client, running["id"], last_event_id=before[-1].id, timeout=180)
-        ids = [e.id for e in before + after]
+        after = read_stream(client, running["id"], last_event_id=last_id(before), timeout=180)
+        ids = [e.id for e in durable(before + after)]
         assert ids == list(range(1, len(ids) + 1)), "resume after restart: gap or duplicate"
         assert after[-1].type == "done" and after[-1].data["status"] == "succeeded"
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 import threading
 import uuid
 
-from dreamforge.domain.events import EventType
-from dreamforge.domain.jobs import JobSpec, JobStatus, Scheduler
-from dreamforge.events.log import log_event, status_event
+import pytest
+
+from dreamforge.domain.events import EventType, log_event, status_event
+from dreamforge.domain.jobs import (
+    ALLOWED_TRANSITIONS,
+    CANCEL_QUEUED,
+    IllegalTransition,
+    JobSpec,
+    JobStatus,
+    Scheduler,
+    Transition,
+    finish,
+)
 from dreamforge.store.db import Database
 from dreamforge.store.jobs import JobRepository
 
@@ -76,21 +86,12 @@ def test_transitions_hold_only_from_the_stated_status_and_owner(database: Databa
     jobs = JobRepository(database)
     job_id = new_job(jobs)
     jobs.claim(job_id, "worker-a", 30, [])
+    succeed = finish(JobStatus.SUCCEEDED)
     wrong_owner = jobs.transition(
-        job_id,
-        from_statuses=[JobStatus.RUNNING],
-        owner="worker-b",
-        events=[status_event(JobStatus.SUCCEEDED)],
-        status=JobStatus.SUCCEEDED.value,
+        job_id, succeed, [status_event(JobStatus.SUCCEEDED)], owner="worker-b"
     )
     assert wrong_owner is None
-    right = jobs.transition(
-        job_id,
-        from_statuses=[JobStatus.RUNNING],
-        owner="worker-a",
-        events=[status_event(JobStatus.SUCCEEDED)],
-        status=JobStatus.SUCCEEDED.value,
-    )
+    right = jobs.transition(job_id, succeed, [status_event(JobStatus.SUCCEEDED)], owner="worker-a")
     assert right is not None and right[0].seq == 2
     job = jobs.get(job_id)
     assert job is not None and job.status is JobStatus.SUCCEEDED
@@ -121,3 +122,45 @@ def test_orphans_are_running_jobs_past_their_lease(database: Database) -> None:
     assert [j.id for j in jobs.orphaned(datetime.now(UTC))] == [stale]
     assert {j.id for j in jobs.orphaned(None)} == {fresh, stale}
     assert jobs.queued_ids() == [queued]
+
+
+def job_in(jobs: JobRepository, status: JobStatus) -> str:
+    """A job brought to ``status`` by allowed moves only."""
+    job_id = new_job(jobs)
+    if status is JobStatus.CANCELED:
+        assert jobs.transition(job_id, CANCEL_QUEUED, []) is not None
+    elif status is not JobStatus.QUEUED:
+        assert jobs.claim(job_id, "w", 30, []) is not None
+        if status is not JobStatus.RUNNING:
+            assert jobs.transition(job_id, finish(status), []) is not None
+    return job_id
+
+
+def test_the_store_refuses_every_move_the_state_machine_forbids(database: Database) -> None:
+    jobs = JobRepository(database)
+    forbidden = [
+        Transition(a, b) for a in JobStatus for b in JobStatus if b not in ALLOWED_TRANSITIONS[a]
+    ]
+    assert len(forbidden) == 19  # 25 pairs, 6 allowed
+    for move in forbidden:
+        job_id = job_in(jobs, move.source)
+        before = jobs.get(job_id)
+        with pytest.raises(IllegalTransition):
+            jobs.transition(job_id, move, [status_event(move.target)])
+        assert jobs.get(job_id) == before, move  # nothing written, not even an event
+
+
+def test_an_allowed_move_applies_only_from_its_source(database: Database) -> None:
+    jobs = JobRepository(database)
+    for source, targets in ALLOWED_TRANSITIONS.items():
+        for target in targets:
+            move = Transition(source, target)
+            for current in JobStatus:
+                job_id = job_in(jobs, current)
+                applied = jobs.transition(job_id, move, [status_event(target)])
+                job = jobs.get(job_id)
+                assert job is not None
+                if current is source:
+                    assert applied is not None and job.status is target, (move, current)
+                else:
+                    assert applied is None and job.status is current, (move, current)

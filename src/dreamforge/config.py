@@ -56,6 +56,12 @@ class Settings(BaseSettings):
 
     lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its claim.")
+    progress_persist_s: float = Field(
+        0.5,
+        ge=0,
+        description="How often a running job's progress is written to the database; "
+        "followers get every step live.",
+    )
     sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
     job_time_limit_s: int = Field(3600, ge=1, description="Hard limit on one job's run.")
 

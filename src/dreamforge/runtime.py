@@ -1,4 +1,5 @@
-"""Wiring: builds every adapter from the settings, and starts and stops the worker.
+"""Wiring: builds every adapter and service from the settings, and starts and stops the
+worker.
 
 The same code serves both profiles; the URLs in the settings pick the adapters:
 SQLite or PostgreSQL, an in-memory or Redis broker (and notifier), local files or S3.
@@ -22,18 +23,22 @@ from dreamforge.artifacts.signing import UrlSigner
 from dreamforge.artifacts.storage import ArtifactStorage, open_storage
 from dreamforge.config import Settings
 from dreamforge.domain.jobs import Limits
-from dreamforge.events.log import EventLog
+from dreamforge.events.follow import JobEvents
 from dreamforge.events.notifier import InProcessNotifier, Notifier
-from dreamforge.jobs import JobService
+from dreamforge.events.writer import JobWriter
 from dreamforge.models.registry import ModelRegistry, create_tiny_model
-from dreamforge.queue.broker import GPU_QUEUE, DramatiqQueue, make_broker
+from dreamforge.queue import broker as brokers
+from dreamforge.queue.broker import GPU_QUEUE
 from dreamforge.queue.reaper import Reaper, ReaperLoop
-from dreamforge.runners.host import RunnerHost
-from dreamforge.runners.protocol import ModelRef
+from dreamforge.queue.tasks import Tasks
+from dreamforge.runners.protocol import ModelRef, Runner
+from dreamforge.services.artifacts import ArtifactService
+from dreamforge.services.jobs import JobService
 from dreamforge.store.db import Database
 from dreamforge.store.jobs import JobRepository
 from dreamforge.store.models import ModelRepository
-from dreamforge.worker.executor import ExecutorSettings, JobExecutor
+from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
+from dreamforge.worker.steps import StepDriver
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +55,18 @@ def make_notifier(settings: Settings, serves_streams: bool) -> Notifier:
     return RedisNotifier(settings.broker_url, settings.redis_namespace, serves_streams)
 
 
+def default_runner() -> Runner:
+    from dreamforge.runners.process import SdxlProcessRunner  # the child imports torch
+
+    return SdxlProcessRunner()
+
+
 @dataclass
 class _Worker:
     """What a process that runs jobs holds on to."""
 
-    runner: RunnerHost
-    executor: JobExecutor
+    runner: Runner
+    lifecycle: JobLifecycle
     consumer: dramatiq.Worker
     reaper: ReaperLoop
 
@@ -67,11 +78,12 @@ class Runtime:
     jobs: JobRepository
     models: ModelRegistry
     notifier: Notifier
-    events: EventLog
-    signer: UrlSigner
+    writer: JobWriter
     storage: ArtifactStorage
-    queue: DramatiqQueue
-    service: JobService
+    tasks: Tasks
+    job_service: JobService
+    job_events: JobEvents
+    artifact_service: ArtifactService
     reaper: Reaper
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -85,20 +97,12 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         jobs = JobRepository(db)
         notifier = make_notifier(settings, serves_streams)
-        events = EventLog(jobs, notifier)
+        writer = JobWriter(jobs, notifier)
         models = ModelRegistry(ModelRepository(db))
         signer = UrlSigner(settings.resolved_signing_key)
-        # Every process declares the actor (senders need it too); it runs jobs only where
-        # start_worker() set the executor.
-        runtime: Runtime | None = None
-
-        def run_job(job_id: str) -> None:
-            assert runtime is not None and runtime._worker is not None, "not a worker process"
-            runtime._worker.executor.run(job_id)
-
-        queue = DramatiqQueue(
-            make_broker(settings.broker_url, settings.redis_namespace),
-            run_job,
+        storage = open_storage(settings, signer)
+        tasks = Tasks(
+            brokers.make_broker(settings.broker_url, settings.redis_namespace),
             settings.job_time_limit_s,
         )
         limits = Limits(
@@ -106,22 +110,22 @@ class Runtime:
             max_height=settings.max_height,
             max_steps=settings.max_steps,
         )
-        runtime = cls(
+        return cls(
             settings=settings,
             db=db,
             jobs=jobs,
             models=models,
             notifier=notifier,
-            events=events,
-            signer=signer,
-            storage=open_storage(settings, signer),
-            queue=queue,
-            service=JobService(
-                jobs, events, models, queue.enqueue, limits, settings.default_model_id
+            writer=writer,
+            storage=storage,
+            tasks=tasks,
+            job_service=JobService(
+                jobs, writer, models, tasks.enqueue_job, limits, settings.default_model_id
             ),
-            reaper=Reaper(jobs, events, queue.enqueue),
+            job_events=JobEvents(jobs, notifier),
+            artifact_service=ArtifactService(jobs, storage, signer, settings.artifact_url_ttl_s),
+            reaper=Reaper(jobs, writer, tasks.enqueue_job),
         )
-        return runtime
 
     def prepare(self) -> None:
         """Migrate the schema and make sure the default model exists."""
@@ -130,35 +134,43 @@ class Runtime:
             log.info("model.creating_default", model_id=self.settings.default_model_id)
             create_tiny_model(self.models, self.settings.models_dir, self.settings.default_model_id)
 
-    def start_embedded_worker(self) -> None:
+    def start_embedded_worker(self, runner: Runner | None = None) -> None:
         """The embedded profile: this process alone owns the data dir, so every job that
         was running when it last stopped is an orphan, and goes back to the queue."""
         self._lock_data_dir()
         self.reaper.requeue_orphans(expired_before=None)
-        self.start_worker({GPU_QUEUE})
+        self.start_worker({GPU_QUEUE}, runner)
         recovered = self.reaper.send_queued()
         log.info("worker.recovered", jobs=recovered)
 
-    def start_worker(self, queues: set[str]) -> None:
-        """Consume ``queues`` in this process: one job at a time, in a runner child."""
-        runner = RunnerHost()
+    def start_worker(self, queues: set[str], runner: Runner | None = None) -> None:
+        """Consume ``queues`` in this process: one job at a time, on ``runner`` (by
+        default the SDXL pipeline in a child process)."""
+        runner = runner or default_runner()
         default = self.models.get(self.settings.default_model_id)
         if default is not None and GPU_QUEUE in queues:
             runner.preload(ModelRef.of(default))
-        settings = ExecutorSettings(
+        driver = StepDriver(
+            self.jobs,
+            self.writer,
+            self.models,
+            self.storage,
+            runner,
+            self.settings.progress_persist_s,
+        )
+        lease = LeaseSettings(
             worker_id=self.worker_id,
             lease_s=self.settings.lease_s,
             heartbeat_s=self.settings.heartbeat_s,
             time_limit_s=self.settings.job_time_limit_s,
         )
-        executor = JobExecutor(
-            self.jobs, self.events, self.notifier, self.models, self.storage, runner, settings
-        )
-        consumer = self.queue.worker(queues)
+        lifecycle = JobLifecycle(self.jobs, self.writer, self.notifier, driver, lease)
+        self.tasks.attach(run_job=lifecycle.run)
+        consumer = brokers.consumer(self.tasks.broker, queues)
         reaper = ReaperLoop(
             self.reaper, self.settings.reaper_interval_s, self.settings.requeue_after_s
         )
-        self._worker = _Worker(runner, executor, consumer, reaper)
+        self._worker = _Worker(runner, lifecycle, consumer, reaper)
         consumer.start()
         reaper.start()
         log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
@@ -175,19 +187,21 @@ class Runtime:
             t.is_alive() for t in self._worker.consumer.workers
         ):
             raise RuntimeError("the worker thread has stopped")
-        self.queue.ping()
+        brokers.ping(self.tasks.broker)
 
     def stop(self) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.executor.stop()  # a job in hand goes back to the queue
+            worker.lifecycle.stop()  # a job in hand goes back to the queue
             worker.reaper.stop()
+            # Consuming stops before anything is torn down: a message that arrives now
+            # stays in the queue for another worker.
             worker.consumer.stop(timeout=30_000)
             worker.runner.stop()
         close = getattr(self.notifier, "close", None)
         if close is not None:
             close()
-        self.queue.broker.close()
+        self.tasks.broker.close()
         self.db.dispose()
         if self._lock is not None:
             self._lock.close()

@@ -13,7 +13,7 @@ from dreamforge import __version__
 from dreamforge.api import problems
 from dreamforge.api.problems import PROBLEM_JSON
 from dreamforge.api.routers import artifacts, health, jobs, logs, models, progress
-from dreamforge.api.schemas import problem_example
+from dreamforge.api.schemas import event_schemas, problem_example
 from dreamforge.runtime import Runtime
 
 DESCRIPTION = """\
@@ -79,6 +79,7 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
                 if PROBLEM_JSON in content:
                     content.pop("application/json", None)
                     content[PROBLEM_JSON]["schema"] = problem_ref
+    schema["components"]["schemas"].update(event_schemas())
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)
     app.openapi_schema = schema

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
+from dreamforge.domain.errors import ErrorCode
+from dreamforge.domain.events import PAYLOADS, EventData
 from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
 
 JOB_ID = "7b0c8a1e-3f52-4d8e-9a37-1f0e2c6b9d41"
@@ -28,8 +30,12 @@ def _examples(*examples: dict[str, Any]) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": list(examples)})
 
 
+# Sequence numbers, Last-Event-ID and ?after= stay within the database's integer column.
+MAX_SEQ = 2**31 - 1
+
+
 class ErrorOut(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -280,3 +286,30 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "content": {"application/problem+json": {"example": example}},
         }
     return responses
+
+
+def _wire_model(payload: type[EventData]) -> type[BaseModel]:
+    """The wire shape of an event: its payload plus ``seq``, ``type`` and ``ts``."""
+    fields: dict[str, Any] = {
+        "seq": (
+            int | None,
+            Field(None, description="Per-job sequence number; absent on live progress."),
+        ),
+        "type": (Literal[payload.TYPE.value], ...),
+        "ts": (datetime, ...),
+    }
+    name = payload.__name__.removesuffix("Data") + "Event"
+    model: type[BaseModel] = create_model(name, __base__=payload, **fields)
+    model.__doc__ = payload.__doc__
+    return model
+
+
+def event_schemas() -> dict[str, Any]:
+    """JSON schemas of every event shape, and ``JobEvent``, their union by ``type``, for
+    the OpenAPI document (FastAPI does not describe SSE and NDJSON bodies itself)."""
+    models = [_wire_model(p) for p in PAYLOADS.values()]
+    union: Any = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+    schema = TypeAdapter(union).json_schema(ref_template="#/components/schemas/{model}")
+    definitions: dict[str, Any] = schema.pop("$defs")
+    definitions["JobEvent"] = schema
+    return definitions

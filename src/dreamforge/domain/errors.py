@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pydantic import BaseModel
+
 
 class ErrorCode(StrEnum):
     VALIDATION_ERROR = "VALIDATION_ERROR"
@@ -21,6 +23,13 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class JobError(BaseModel):
+    """Why a job failed, as its ``error`` field and its ``done`` event carry it."""
+
+    code: ErrorCode
+    message: str
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,24 @@
-"""The kinds of event a job emits, in the order a client sees them."""
+"""What a job tells its followers: the event types and the payload of each.
+
+Each payload is a pydantic model, so the SSE ``data:`` objects and the NDJSON log lines
+are documented in OpenAPI and checked where they are made. On the wire an event is its
+payload plus ``seq``, ``type`` and ``ts``.
+
+Durable events (status, stage, log, artifact, done) are stored with a gapless per-job
+``seq``; denoising progress is live only: it carries no ``seq`` and is never replayed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dreamforge.domain.errors import JobError
+from dreamforge.domain.jobs import JobStatus
 
 
 class EventType(StrEnum):
@@ -19,3 +35,121 @@ class LogLevel(StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+class EventData(BaseModel):
+    """The payload of one event; ``TYPE`` says which."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    TYPE: ClassVar[EventType]
+
+    def dump(self) -> dict[str, Any]:
+        # Optional fields nobody set stay off the wire; an explicit None (done's error) stays.
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class StatusData(EventData):
+    """The job moved to another status."""
+
+    TYPE = EventType.STATUS
+    status: JobStatus
+    worker: str | None = Field(None, description="The worker that claimed it (running only).")
+
+
+class StageData(EventData):
+    """The job entered a stage of its run."""
+
+    TYPE = EventType.STAGE
+    stage: str
+    progress: float = Field(ge=0, le=1)
+
+
+class ProgressData(EventData):
+    """Denoising progress: sent live after each step, never stored, never replayed.
+
+    A stream also sends one (without ``step``) right after its replay, with the job's
+    current progress, so a client that reconnects sees where the job is at once.
+    """
+
+    TYPE = EventType.PROGRESS
+    progress: float = Field(ge=0, le=1)
+    stage: str
+    step_index: int | None = None
+    item_index: int | None = None
+    step: int | None = None
+    steps: int | None = None
+
+
+class LogData(EventData):
+    TYPE = EventType.LOG
+    level: LogLevel
+    message: str
+    stage: str | None = None
+    attempt: int | None = None
+    code: str | None = Field(None, description="The error code, on error lines.")
+
+
+class ArtifactData(EventData):
+    """An image was stored; the same fields as in the artifact listing, without the URL."""
+
+    TYPE = EventType.ARTIFACT
+    key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int
+    height: int
+    seed: int
+    step_index: int
+    step_type: str
+    item_index: int
+
+
+class DoneData(EventData):
+    """The terminal event: the job ended; the stream closes after it."""
+
+    TYPE = EventType.DONE
+    status: JobStatus
+    error: JobError | None
+
+
+PAYLOADS: dict[EventType, type[EventData]] = {
+    cls.TYPE: cls for cls in (StatusData, StageData, ProgressData, LogData, ArtifactData, DoneData)
+}
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event as followers see it. ``seq`` is ``None`` for live-only progress."""
+
+    job_id: str
+    seq: int | None
+    type: EventType
+    data: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def live(cls, job_id: str, data: EventData, at: datetime) -> JobEvent:
+        return cls(job_id, None, data.TYPE, data.dump(), at)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object of an SSE ``data:`` line or an NDJSON log line."""
+        head: dict[str, Any] = {} if self.seq is None else {"seq": self.seq}
+        ts = self.created_at.isoformat().replace("+00:00", "Z")
+        return {**head, "type": self.type.value, "ts": ts, **self.data}
+
+
+def log_event(
+    message: str,
+    level: LogLevel = LogLevel.INFO,
+    stage: str | None = None,
+    *,
+    attempt: int | None = None,
+    code: str | None = None,
+) -> LogData:
+    extra = {k: v for k, v in (("attempt", attempt), ("code", code)) if v is not None}
+    return LogData(level=level, message=message, stage=stage, **extra)
+
+
+def status_event(to: JobStatus, worker: str | None = None) -> StatusData:
+    return StatusData(status=to) if worker is None else StatusData(status=to, worker=worker)

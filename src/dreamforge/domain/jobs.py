@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -26,7 +26,7 @@ TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
-    # running -> queued is the reaper handing a lost job to another worker.
+    # running -> queued: a stopping worker hands its job back, or the reaper a lost one.
     JobStatus.RUNNING: frozenset({JobStatus.QUEUED, *TERMINAL_STATUSES}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
@@ -34,8 +34,35 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+class IllegalTransition(ValueError):
+    """A move the state machine does not allow; nothing was written."""
+
+
+class Transition(NamedTuple):
+    """A move from one status to another; the store applies it only from ``source``."""
+
+    source: JobStatus
+    target: JobStatus
+
+
 def can_transition(current: JobStatus, target: JobStatus) -> bool:
     return target in ALLOWED_TRANSITIONS[current]
+
+
+def check_transition(move: Transition) -> None:
+    """Raise ``IllegalTransition`` unless the state machine allows ``move``."""
+    if not can_transition(move.source, move.target):
+        raise IllegalTransition(f"a job cannot go from {move.source} to {move.target}")
+
+
+CLAIM = Transition(JobStatus.QUEUED, JobStatus.RUNNING)
+CANCEL_QUEUED = Transition(JobStatus.QUEUED, JobStatus.CANCELED)
+REQUEUE = Transition(JobStatus.RUNNING, JobStatus.QUEUED)
+
+
+def finish(status: JobStatus) -> Transition:
+    """The move that ends a running job with ``status``."""
+    return Transition(JobStatus.RUNNING, status)
 
 
 class Scheduler(StrEnum):

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dreamforge.store.records import JobEvent
+from dreamforge.domain.events import JobEvent
 
 
 class Subscription(Protocol):

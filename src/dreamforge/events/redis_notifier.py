@@ -16,9 +16,8 @@ from typing import Any
 import redis
 import structlog
 
-from dreamforge.domain.events import EventType
+from dreamforge.domain.events import EventType, JobEvent
 from dreamforge.events.notifier import InProcessNotifier, LocalSubscription
-from dreamforge.store.records import JobEvent
 
 log = structlog.get_logger(__name__)
 

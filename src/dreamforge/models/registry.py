@@ -6,10 +6,10 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from dreamforge.domain.clock import utcnow
 from dreamforge.domain.jobs import ModelDefaults, Scheduler
+from dreamforge.domain.records import Model, ModelFile
 from dreamforge.store.models import ModelRepository
-from dreamforge.store.records import Model, ModelFile
-from dreamforge.store.tables import utcnow
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 

@@ -13,33 +13,32 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from dreamforge.domain.events import LogLevel
-from dreamforge.domain.jobs import JobStatus
+from dreamforge.domain.clock import utcnow
+from dreamforge.domain.events import LogLevel, log_event, status_event
+from dreamforge.domain.jobs import REQUEUE, JobStatus
 from dreamforge.domain.progress import Stage
-from dreamforge.events.log import EventLog, log_event, status_event
+from dreamforge.events.writer import JobWriter
 from dreamforge.store.jobs import JobRepository
-from dreamforge.store.tables import utcnow
 
 log = structlog.get_logger(__name__)
 
 
 class Reaper:
     def __init__(
-        self, jobs: JobRepository, events: EventLog, enqueue: Callable[[str], None]
+        self, jobs: JobRepository, writer: JobWriter, enqueue: Callable[[str], None]
     ) -> None:
         self._jobs = jobs
-        self._events = events
+        self._writer = writer
         self._enqueue = enqueue
 
     def requeue_orphans(self, expired_before: datetime | None) -> list[str]:
         """Running jobs whose lease ran out go back to ``queued``; all of them if ``None``."""
         requeued = []
         for job in self._jobs.orphaned(expired_before):
-            moved = self._events.transition(
+            moved = self._writer.transition(
                 job.id,
-                from_statuses=[JobStatus.RUNNING],
-                owner=job.lease_owner,
-                events=[
+                REQUEUE,
+                [
                     log_event(
                         f"worker {job.lease_owner} was lost during attempt {job.attempts}; "
                         "job requeued",
@@ -48,7 +47,7 @@ class Reaper:
                     ),
                     status_event(JobStatus.QUEUED),
                 ],
-                status=JobStatus.QUEUED.value,
+                owner=job.lease_owner,
                 lease_owner=None,
                 lease_expires_at=None,
                 stage=Stage.QUEUED.value,
@@ -62,7 +61,10 @@ class Reaper:
 
     def send_queued(self, enqueued_before: datetime | None = None) -> int:
         """Send queued jobs to the broker again: all, or those last sent before a time."""
-        ids = self._jobs.queued_ids(enqueued_before)
+        return self.send(self._jobs.queued_ids(enqueued_before))
+
+    def send(self, ids: list[str]) -> int:
+        """Hand jobs to the broker, oldest first, until it fails; how many went."""
         sent = []
         for job_id in ids:
             try:
@@ -77,7 +79,8 @@ class Reaper:
     def sweep(self, requeue_after_s: float) -> None:
         """One pass: expired leases back to the queue, then re-send what looks lost."""
         now = utcnow()
-        self.requeue_orphans(expired_before=now)
+        # A job taken back from a lost worker goes out at once, not after requeue_after_s.
+        self.send(self.requeue_orphans(expired_before=now))
         sent = self.send_queued(enqueued_before=now - timedelta(seconds=requeue_after_s))
         if sent:
             log.warning("reaper.resent", jobs=sent)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dreamforge.runners.protocol import DeviceMemory
+
 
 @dataclass(frozen=True)
 class DeviceChoice:
@@ -29,3 +31,11 @@ def select_device(requested: str | None = None) -> DeviceChoice:
         device = torch.device("cpu")
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     return DeviceChoice(device, dtype)
+
+
+def memory_report(choice: DeviceChoice) -> DeviceMemory:
+    """What the pipeline holds on its device now; only CUDA can tell."""
+    if choice.device.type != "cuda":
+        return DeviceMemory(str(choice.device), None, None)
+    _free, total = torch.cuda.mem_get_info(choice.device)
+    return DeviceMemory(str(choice.device), torch.cuda.memory_allocated(choice.device), total)

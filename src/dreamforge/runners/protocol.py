@@ -1,12 +1,21 @@
-"""Messages between a worker and its runner child process (pickled over a pipe)."""
+"""The runner port: what a worker asks of whatever renders images, and what it hears back.
+
+A runner renders one step's items of a job and reports each denoising step, each finished
+item and the outcome as typed messages (the SDXL runner pickles them over a pipe from its
+child process). The worker steers it between steps through ``tick``: go on, cancel at the
+next step, or kill now.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
 
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.jobs import JobSpec
-from dreamforge.store.records import Model
+from dreamforge.domain.records import Model
 
 
 @dataclass(frozen=True)
@@ -29,13 +38,15 @@ class ItemToRender:
 
 
 @dataclass(frozen=True)
-class GenerateRequest:
-    """Render ``items`` of ``spec`` with ``model``; with no items, only load the model."""
+class RenderRequest:
+    """Render ``items`` of ``spec`` with ``model`` as step ``step_index`` of a job; with
+    no spec, only load the model."""
 
     spec: JobSpec | None
     model: ModelRef
     items: tuple[ItemToRender, ...]
     step_index: int = 0
+    step_type: str = "generate"
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class ModelLoaded:
 
 @dataclass(frozen=True)
 class StepDone:
+    """One denoising step of one item (``step`` counts from 1 to ``steps``)."""
+
     item_index: int
     step: int
     steps: int
@@ -64,14 +77,59 @@ class ItemRendered:
 
 
 @dataclass(frozen=True)
+class DeviceMemory:
+    """Device memory after a request: what the pipeline holds, and the device's size."""
+
+    device: str
+    allocated_bytes: int | None
+    total_bytes: int | None
+
+
+@dataclass(frozen=True)
 class Finished:
-    pass
+    memory: DeviceMemory | None = None
 
 
 @dataclass(frozen=True)
 class Failed:
     code: ErrorCode
     message: str
+    memory: DeviceMemory | None = None
 
 
+Outcome = Finished | Failed
 RunnerMessage = ModelLoaded | StepDone | ItemRendered | Finished | Failed
+
+
+class Tick(Enum):
+    """The worker's word between two messages of a runner."""
+
+    CONTINUE = "continue"
+    CANCEL = "cancel"  # stop at the next denoising step, with a CANCELED outcome
+    KILL = "kill"  # stop now, whatever it is doing (time limit, lease lost, shutdown)
+
+
+class RunnerCrashed(Exception):
+    """The runner died or was killed before it finished the request."""
+
+
+class Runner(Protocol):
+    def preload(self, model: ModelRef) -> None:
+        """Start loading ``model`` now, so that the first job finds it loaded."""
+        ...
+
+    def render(
+        self,
+        request: RenderRequest,
+        on_message: Callable[[RunnerMessage], None],
+        tick: Callable[[], Tick],
+    ) -> Outcome:
+        """Render the request's items, handing each message to ``on_message`` and asking
+        ``tick`` between messages; raises ``RunnerCrashed`` if it died or was killed."""
+        ...
+
+    def memory(self) -> DeviceMemory | None:
+        """Device memory as of the last request, if the runner knows it."""
+        ...
+
+    def stop(self) -> None: ...

@@ -25,10 +25,10 @@ from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
 from dreamforge.domain.jobs import Scheduler
 from dreamforge.runners.device import DeviceChoice
 from dreamforge.runners.protocol import (
-    GenerateRequest,
     ItemRendered,
     ModelLoaded,
     ModelRef,
+    RenderRequest,
     RunnerMessage,
     StepDone,
 )
@@ -107,7 +107,7 @@ class SdxlRunner:
 
     def generate(
         self,
-        request: GenerateRequest,
+        request: RenderRequest,
         emit: Callable[[RunnerMessage], None],
         should_cancel: Callable[[], bool],
     ) -> None:
@@ -148,7 +148,7 @@ class SdxlRunner:
                 spec=spec,
                 seed=item.seed,
                 step_index=request.step_index,
-                step_type="generate",
+                step_type=request.step_type,
                 item_index=item.index,
                 model=ModelReceipt(
                     id=request.model.id, sha256=request.model.sha256, source=request.model.source

@@ -29,13 +29,13 @@ from sqlalchemy import (
     update,
 )
 
-from dreamforge.domain.events import EventType
-from dreamforge.domain.jobs import JobSpec, JobStatus
+from dreamforge.domain.clock import utcnow
+from dreamforge.domain.errors import JobError
+from dreamforge.domain.events import EventData, EventType, JobEvent
+from dreamforge.domain.jobs import CLAIM, JobSpec, JobStatus, Transition, check_transition
+from dreamforge.domain.records import Artifact, Job
 from dreamforge.store.db import Database
-from dreamforge.store.records import Artifact, Job, JobEvent
-from dreamforge.store.tables import ArtifactRow, EventRow, JobRow, utcnow
-
-NewEvent = tuple[EventType, dict[str, Any]]
+from dreamforge.store.tables import ArtifactRow, EventRow, JobRow
 
 jobs = cast(Table, JobRow.__table__)
 events = cast(Table, EventRow.__table__)
@@ -56,7 +56,7 @@ def _job(row: Row[Any]) -> Job:
         spec=JobSpec.model_validate(m["spec"]),
         progress=m["progress"],
         stage=m["stage"],
-        error=m["error"],
+        error=JobError.model_validate(m["error"]) if m["error"] else None,
         cancel_requested=m["cancel_requested"],
         attempts=m["attempts"],
         lease_owner=m["lease_owner"],
@@ -89,7 +89,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 def _append(
     connection: Connection,
     job_id: str,
-    new_events: Sequence[NewEvent],
+    new_events: Sequence[EventData],
     fields: dict[str, Any],
     condition: ColumnElement[bool] | None = None,
 ) -> list[JobEvent] | None:
@@ -110,13 +110,13 @@ def _insert_events(
     connection: Connection,
     job_id: str,
     after_seq: int,
-    new_events: Sequence[NewEvent],
+    new_events: Sequence[EventData],
     now: datetime,
 ) -> list[JobEvent]:
     """Insert events numbered from ``after_seq + 1``; the caller has reserved the numbers."""
     appended = [
-        JobEvent(job_id, after_seq + i, type_, data, now)
-        for i, (type_, data) in enumerate(new_events, start=1)
+        JobEvent(job_id, after_seq + i, event.TYPE, event.dump(), now)
+        for i, event in enumerate(new_events, start=1)
     ]
     if appended:
         connection.execute(
@@ -141,7 +141,7 @@ class JobRepository:
 
     # -- writes -------------------------------------------------------------------------
 
-    def create(self, job_id: str, spec: JobSpec, new_events: Sequence[NewEvent]) -> Job:
+    def create(self, job_id: str, spec: JobSpec, new_events: Sequence[EventData]) -> Job:
         """Insert the job with its first events, in two statements: this is the API's
         hottest write."""
         now = utcnow()
@@ -178,7 +178,7 @@ class JobRepository:
             _insert_events(connection, job_id, 0, new_events, now)
         return job
 
-    def record(self, job_id: str, new_events: Sequence[NewEvent], **fields: Any) -> list[JobEvent]:
+    def record(self, job_id: str, new_events: Sequence[EventData], **fields: Any) -> list[JobEvent]:
         """Append events and update fields unconditionally."""
         with self._db.connection() as connection:
             return _append(connection, job_id, new_events, fields) or []
@@ -186,27 +186,36 @@ class JobRepository:
     def transition(
         self,
         job_id: str,
+        move: Transition,
+        events: Sequence[EventData],
         *,
-        from_statuses: Iterable[JobStatus],
-        events: Sequence[NewEvent],
         owner: str | None = None,
+        error: JobError | None = None,
         **fields: Any,
     ) -> list[JobEvent] | None:
-        """Apply ``fields`` only if the job is in one of ``from_statuses`` (and, when given,
-        still leased by ``owner``); ``None`` when the condition did not hold."""
-        condition: ColumnElement[bool] = jobs.c.status.in_([s.value for s in from_statuses])
+        """Apply ``move`` with ``fields`` only if the job is still in ``move.source`` (and,
+        when given, leased by ``owner``); ``None`` when it was not.
+
+        Raises ``IllegalTransition``, writing nothing, for a move the domain forbids.
+        """
+        check_transition(move)
+        condition: ColumnElement[bool] = jobs.c.status == move.source.value
         if owner is not None:
             condition = and_(condition, jobs.c.lease_owner == owner)
+        values = {**fields, "status": move.target.value}
+        if error is not None:
+            values["error"] = error.model_dump(mode="json")
         with self._db.connection() as connection:
-            return _append(connection, job_id, events, fields, condition)
+            return _append(connection, job_id, events, values, condition)
 
     def claim(
-        self, job_id: str, owner: str, lease_s: float, new_events: Sequence[NewEvent]
+        self, job_id: str, owner: str, lease_s: float, new_events: Sequence[EventData]
     ) -> tuple[Job, list[JobEvent]] | None:
         """``queued → running`` for ``owner``; ``None`` if someone else got there first."""
+        check_transition(CLAIM)
         now = utcnow()
         fields = {
-            "status": JobStatus.RUNNING.value,
+            "status": CLAIM.target.value,
             "lease_owner": owner,
             "lease_expires_at": now + timedelta(seconds=lease_s),
             "started_at": now,
@@ -214,12 +223,21 @@ class JobRepository:
             "stage": "claimed",
         }
         with self._db.connection() as connection:
-            condition = jobs.c.status == JobStatus.QUEUED.value
+            condition = jobs.c.status == CLAIM.source.value
             appended = _append(connection, job_id, new_events, fields, condition)
             if appended is None:
                 return None
             job = _job(connection.execute(select(jobs).where(jobs.c.id == job_id)).one())
             return job, appended
+
+    def set_progress(self, job_id: str, progress: float) -> None:
+        """Remember how far a running job is, with no event: followers got it live."""
+        with self._db.connection() as connection:
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+                .values(progress=progress)
+            )
 
     def renew_lease(self, job_id: str, owner: str, lease_s: float) -> bool:
         with self._db.connection() as connection:
@@ -246,7 +264,7 @@ class JobRepository:
             )
 
     def save_artifact(
-        self, artifact: Artifact, new_events: Sequence[NewEvent], **fields: Any
+        self, artifact: Artifact, new_events: Sequence[EventData], **fields: Any
     ) -> list[JobEvent]:
         """Record an artifact once; a re-run of the same item replaces the row, never adds one."""
         with self._db.connection() as connection:

@@ -6,8 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dreamforge.domain.jobs import ModelDefaults
+from dreamforge.domain.records import Model, ModelFile
 from dreamforge.store.db import Database
-from dreamforge.store.records import Model, ModelFile
 from dreamforge.store.tables import ModelRow
 
 

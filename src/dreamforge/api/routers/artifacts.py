@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from dreamforge.api import deps
+from dreamforge.api.deps import Artifacts, BaseUrl
 from dreamforge.api.schemas import ArtifactListOut, ArtifactOut, problem_responses
-from dreamforge.domain.errors import Forbidden, NotFound
-from dreamforge.runtime import Runtime
+from dreamforge.services.artifacts import ArtifactLink
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
-Rt = Annotated[Runtime, Depends(deps.runtime)]
 
 
 @router.get(
@@ -22,29 +19,25 @@ Rt = Annotated[Runtime, Depends(deps.runtime)]
     summary="A job's images, with signed URLs",
     responses=problem_responses(404, 503),
 )
-def list_artifacts(job_id: str, request: Request, runtime: Rt) -> ArtifactListOut:
-    runtime.service.get(job_id)
-    ttl = runtime.settings.artifact_url_ttl_s
-    expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
-    base = deps.base_url(request)
-    return ArtifactListOut(
-        data=[
-            ArtifactOut(
-                key=a.key,
-                content_type=a.content_type,
-                size_bytes=a.size_bytes,
-                sha256=a.sha256,
-                width=a.width,
-                height=a.height,
-                seed=a.seed,
-                step_index=a.step_index,
-                step_type=a.step_type,
-                item_index=a.item_index,
-                url=runtime.storage.url(a.key, ttl, base),
-                url_expires_at=expires_at,
-            )
-            for a in runtime.jobs.artifacts(job_id)
-        ]
+def list_artifacts(job_id: str, artifacts: Artifacts, base: BaseUrl) -> ArtifactListOut:
+    return ArtifactListOut(data=[artifact_out(link) for link in artifacts.list(job_id, base)])
+
+
+def artifact_out(link: ArtifactLink) -> ArtifactOut:
+    a = link.artifact
+    return ArtifactOut(
+        key=a.key,
+        content_type=a.content_type,
+        size_bytes=a.size_bytes,
+        sha256=a.sha256,
+        width=a.width,
+        height=a.height,
+        seed=a.seed,
+        step_index=a.step_index,
+        step_type=a.step_type,
+        item_index=a.item_index,
+        url=link.url,
+        url_expires_at=link.expires_at,
     )
 
 
@@ -62,20 +55,13 @@ def list_artifacts(job_id: str, request: Request, runtime: Rt) -> ArtifactListOu
 )
 def download(
     key: str,
-    runtime: Rt,
+    artifacts: Artifacts,
     expires: Annotated[int, Query(description="From the signed URL")],
     signature: Annotated[str, Query(description="From the signed URL")],
 ) -> Response:
-    if not runtime.signer.verify(key, expires, signature):
-        raise Forbidden(
-            "the URL's signature is invalid or it has expired; "
-            "list the job's artifacts again for a fresh URL"
-        )
-    artifact = runtime.jobs.artifact_by_key(key)
-    if artifact is None or not runtime.storage.exists(key):
-        raise NotFound("artifact", key)
+    artifact, content = artifacts.open(key, expires, signature)
     return Response(
-        runtime.storage.get(key),
+        content,
         media_type=artifact.content_type,
         headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{artifact.sha256}"'},
     )

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from dreamforge.api import deps
+from dreamforge.api.deps import ReadinessChecks
 from dreamforge.api.schemas import HealthOut, ReadyOut
-from dreamforge.runtime import Runtime
 
 router = APIRouter(tags=["health"])
-Rt = Annotated[Runtime, Depends(deps.runtime)]
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is alive")
@@ -44,16 +39,8 @@ def healthz() -> HealthOut:
         }
     },
 )
-def readyz(runtime: Rt) -> JSONResponse:
-    checks = {name: _check(probe) for name, probe in runtime.readiness_probes().items()}
+def readyz(readiness: ReadinessChecks) -> JSONResponse:
+    checks = readiness.check()
     ready = all(v == "ok" for v in checks.values())
     body = ReadyOut(status="ready" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
-
-
-def _check(probe: Callable[[], None]) -> str:
-    try:
-        probe()
-    except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-        return f"error: {exc}"
-    return "ok"

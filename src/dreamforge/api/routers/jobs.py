@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Response
 
-from dreamforge.api import deps
+from dreamforge.api.deps import BaseUrl, Jobs
 from dreamforge.api.schemas import (
     SPEC_EXAMPLE,
     ErrorOut,
@@ -15,10 +15,8 @@ from dreamforge.api.schemas import (
     JobOut,
     problem_responses,
 )
-from dreamforge.domain.errors import FieldProblem, InvalidRequest
 from dreamforge.domain.jobs import JobRequest, JobStatus
-from dreamforge.runtime import Runtime
-from dreamforge.store.records import Job
+from dreamforge.domain.records import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -39,7 +37,7 @@ def job_out(job: Job, base: str) -> JobOut:
         progress=job.progress,
         stage=job.stage,
         spec=job.spec,
-        error=ErrorOut(**job.error) if job.error else None,
+        error=ErrorOut(code=job.error.code, message=job.error.message) if job.error else None,
         attempts=job.attempts,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -55,9 +53,6 @@ def job_out(job: Job, base: str) -> JobOut:
     )
 
 
-Rt = Annotated[Runtime, Depends(deps.runtime)]
-
-
 @router.post(
     "",
     status_code=202,
@@ -66,14 +61,13 @@ Rt = Annotated[Runtime, Depends(deps.runtime)]
     responses=problem_responses(422, 503),
 )
 def create_job(
-    request: Request,
     response: Response,
-    runtime: Rt,
+    jobs: Jobs,
+    base: BaseUrl,
     body: Annotated[JobRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
 ) -> JobOut:
     """Queue a generation. Returns at once with the job; follow ``links.stream``."""
-    job = runtime.service.submit(body)
-    out = job_out(job, deps.base_url(request))
+    out = job_out(jobs.submit(body), base)
     response.headers["Location"] = out.links.self
     return out
 
@@ -85,33 +79,21 @@ def create_job(
     responses=problem_responses(422, 503),
 )
 def list_jobs(
-    request: Request,
-    runtime: Rt,
+    jobs: Jobs,
+    base: BaseUrl,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobListOut:
-    try:
-        page = runtime.jobs.page(status, limit, cursor)
-    except ValueError as exc:
-        raise InvalidRequest(
-            [
-                FieldProblem(
-                    "cursor",
-                    "not a cursor this API issued",
-                    "pass next_cursor from a previous page",
-                )
-            ]
-        ) from exc
-    base = deps.base_url(request)
+    page = jobs.page(status, limit, cursor)
     return JobListOut(data=[job_out(j, base) for j in page.jobs], next_cursor=page.next_cursor)
 
 
 @router.get(
     "/{job_id}", response_model=JobOut, summary="Get a job", responses=problem_responses(404, 503)
 )
-def get_job(job_id: str, request: Request, runtime: Rt) -> JobOut:
-    return job_out(runtime.service.get(job_id), deps.base_url(request))
+def get_job(job_id: str, jobs: Jobs, base: BaseUrl) -> JobOut:
+    return job_out(jobs.get(job_id), base)
 
 
 @router.post(
@@ -123,9 +105,9 @@ def get_job(job_id: str, request: Request, runtime: Rt) -> JobOut:
         **problem_responses(404, 409, 503),
     },
 )
-def cancel_job(job_id: str, request: Request, response: Response, runtime: Rt) -> JobOut:
+def cancel_job(job_id: str, response: Response, jobs: Jobs, base: BaseUrl) -> JobOut:
     """A queued job is canceled at once (200); a running one is asked to stop (202)."""
-    job = runtime.service.cancel(job_id)
+    job = jobs.cancel(job_id)
     if job.status is JobStatus.RUNNING:
         response.status_code = 202
-    return job_out(job, deps.base_url(request))
+    return job_out(job, base)

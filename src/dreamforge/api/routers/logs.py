@@ -6,17 +6,13 @@ import json
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 
-from dreamforge.api import deps
-from dreamforge.api.routers.progress import event_payload
-from dreamforge.api.schemas import problem_responses
+from dreamforge.api.deps import Events
+from dreamforge.api.schemas import MAX_SEQ, problem_responses
 from dreamforge.domain.errors import FieldProblem, InvalidRequest
-from dreamforge.domain.events import EventType
-from dreamforge.runtime import Runtime
 
 router = APIRouter(prefix="/v1/jobs", tags=["logs"])
-Rt = Annotated[Runtime, Depends(deps.runtime)]
 
 NDJSON = "application/x-ndjson"
 LOGS_EXAMPLE = (
@@ -30,6 +26,16 @@ LOGS_EXAMPLE = (
 def _parse_since(since: str) -> tuple[int, datetime | None]:
     """``since`` is a sequence number or an ISO 8601 timestamp."""
     if since.isdigit():
+        if int(since) > MAX_SEQ:
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        "since",
+                        f"{since} is past any sequence number",
+                        "pass a seq from a previous line",
+                    )
+                ]
+            )
         return int(since), None
     try:
         return 0, datetime.fromisoformat(since.replace("Z", "+00:00"))
@@ -53,18 +59,22 @@ def _parse_since(since: str) -> tuple[int, datetime | None]:
     responses={
         200: {
             "description": "One JSON object a line",
-            "content": {NDJSON: {"example": LOGS_EXAMPLE}},
+            "content": {
+                NDJSON: {
+                    "schema": {"$ref": "#/components/schemas/LogEvent"},
+                    "example": LOGS_EXAMPLE,
+                }
+            },
         },
         **problem_responses(404, 422, 503),
     },
 )
 def logs(
     job_id: str,
-    runtime: Rt,
+    events: Events,
     tail: Annotated[int | None, Query(ge=1, le=10_000, description="Only the last N")] = None,
     since: Annotated[str | None, Query(description="After this seq or ISO 8601 time")] = None,
 ) -> Response:
-    runtime.service.get(job_id)
     after, when = _parse_since(since) if since else (0, None)
     if when is not None and when.tzinfo is None:
         raise InvalidRequest(
@@ -76,8 +86,6 @@ def logs(
                 )
             ]
         )
-    lines = runtime.jobs.events(job_id, after, types=[EventType.LOG], since=when)
-    if tail is not None:
-        lines = lines[-tail:]
-    body = "".join(json.dumps(event_payload(e)) + "\n" for e in lines)
+    lines = events.log_lines(job_id, after, since=when, tail=tail)
+    body = "".join(json.dumps(e.wire()) + "\n" for e in lines)
     return Response(body, media_type=NDJSON)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from dreamforge.api import deps
+from dreamforge.api.deps import Models
 from dreamforge.api.schemas import ModelListOut, ModelOut, problem_responses
 from dreamforge.domain.errors import ErrorCode, NotFound
-from dreamforge.runtime import Runtime
-from dreamforge.store.records import Model
+from dreamforge.domain.records import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-Rt = Annotated[Runtime, Depends(deps.runtime)]
 
 
 def model_out(model: Model) -> ModelOut:
@@ -33,8 +29,8 @@ def model_out(model: Model) -> ModelOut:
 @router.get(
     "", response_model=ModelListOut, summary="List models", responses=problem_responses(503)
 )
-def list_models(runtime: Rt) -> ModelListOut:
-    return ModelListOut(data=[model_out(m) for m in runtime.models.list()])
+def list_models(models: Models) -> ModelListOut:
+    return ModelListOut(data=[model_out(m) for m in models.list()])
 
 
 @router.get(
@@ -43,8 +39,8 @@ def list_models(runtime: Rt) -> ModelListOut:
     summary="Get a model",
     responses=problem_responses(404, 503),
 )
-def get_model(model_id: str, runtime: Rt) -> ModelOut:
-    model = runtime.models.get(model_id)
+def get_model(model_id: str, models: Models) -> ModelOut:
+    model = models.get(model_id)
     if model is None:
         raise NotFound("model", model_id, code=ErrorCode.MODEL_NOT_FOUND)
     return model_out(model)

@@ -4,77 +4,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import closing
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from dreamforge.api import deps
-from dreamforge.api.schemas import ErrorOut, ProgressOut, problem_responses
-from dreamforge.domain.events import EventType
+from dreamforge.api.deps import Events, Jobs, SsePing
+from dreamforge.api.schemas import MAX_SEQ, ErrorOut, ProgressOut, problem_responses
 from dreamforge.domain.progress import STAGE_WEIGHTS
-from dreamforge.events.notifier import Subscription
-from dreamforge.runtime import Runtime
-from dreamforge.store.records import JobEvent
 
 router = APIRouter(prefix="/v1/jobs", tags=["progress"])
-Rt = Annotated[Runtime, Depends(deps.runtime)]
-
-# Streams re-read the log when nothing arrived for this long, as a safety net.
-POLL_S = 2.0
 
 SSE_EXAMPLE = """id: 1
 event: status
 data: {"seq": 1, "type": "status", "ts": "2026-11-29T08:00:00Z", "status": "queued"}
 
-id: 7
 event: progress
-data: {"seq": 7, "type": "progress", "ts": "2026-11-29T08:00:01Z", "progress": 0.3125, \
-"stage": "denoising", "item_index": 0, "step": 1, "steps": 4}
+data: {"type": "progress", "ts": "2026-11-29T08:00:01Z", "progress": 0.3125, \
+"stage": "denoising", "step_index": 0, "item_index": 0, "step": 1, "steps": 4}
 
-id: 18
+id: 14
 event: done
-data: {"seq": 18, "type": "done", "ts": "2026-11-29T08:00:02Z", "status": "succeeded", \
+data: {"seq": 14, "type": "done", "ts": "2026-11-29T08:00:02Z", "status": "succeeded", \
 "error": null}
 
 """
-
-
-def event_payload(event: JobEvent) -> dict[str, object]:
-    return {
-        "seq": event.seq,
-        "type": event.type.value,
-        "ts": event.created_at.isoformat().replace("+00:00", "Z"),
-        **event.data,
-    }
-
-
-async def _follow(
-    runtime: Runtime, job_id: str, after: int, subscription: Subscription
-) -> AsyncIterator[JobEvent]:
-    """The job's events after ``after``, in order, each once, until ``done``.
-
-    Live events come from the notifier; the log fills any gap (a reconnect, a missed
-    publish) and is re-read when nothing arrives for a while.
-    """
-    batch = await run_in_threadpool(runtime.jobs.events, job_id, after)
-    while True:
-        for event in batch:
-            if event.seq <= after:
-                continue
-            if event.seq > after + 1:  # a gap: the log has what was missed
-                break
-            after = event.seq
-            yield event
-            if event.type is EventType.DONE:
-                return
-        else:
-            batch = await subscription.wait(POLL_S)
-            if batch:
-                continue
-        batch = await run_in_threadpool(runtime.jobs.events, job_id, after)
 
 
 @router.get(
@@ -83,15 +38,15 @@ async def _follow(
     summary="Progress snapshot",
     responses=problem_responses(404, 503),
 )
-def progress(job_id: str, runtime: Rt) -> ProgressOut:
-    job = runtime.service.get(job_id)
+def progress(job_id: str, jobs: Jobs) -> ProgressOut:
+    job = jobs.get(job_id)
     return ProgressOut(
         job_id=job.id,
         status=job.status,
         progress=job.progress,
         stage=job.stage,
         stage_weights={stage.value: weight for stage, weight in STAGE_WEIGHTS.items()},
-        error=ErrorOut(**job.error) if job.error else None,
+        error=ErrorOut(code=job.error.code, message=job.error.message) if job.error else None,
     )
 
 
@@ -101,29 +56,43 @@ def progress(job_id: str, runtime: Rt) -> ProgressOut:
     response_class=EventSourceResponse,
     responses={
         200: {
-            "description": "Events until the terminal `done` event",
-            "content": {"text/event-stream": {"example": SSE_EXAMPLE}},
+            "description": "Events until the terminal `done` event; each `data:` is one of "
+            "the `JobEvent` shapes",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"$ref": "#/components/schemas/JobEvent"},
+                    "example": SSE_EXAMPLE,
+                }
+            },
         },
         **problem_responses(404, 503),
     },
 )
 async def stream(
     job_id: str,
-    runtime: Rt,
-    last_event_id: Annotated[int | None, Header(ge=0, description="Resume after this id")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
+    events: Events,
+    ping_s: SsePing,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, le=MAX_SEQ, description="Resume after this id")
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Same as Last-Event-ID")
+    ] = None,
 ) -> EventSourceResponse:
     """Replays the job's events after ``Last-Event-ID`` (or from the start), then tails
-    them live. Idle streams get a comment heartbeat; the stream ends after ``done``."""
-    await run_in_threadpool(runtime.service.get, job_id)  # 404 before the stream opens
+    them live; a running job's stream also gets its current progress right after the
+    replay. Denoising progress is live only: its events carry no ``id``. Idle streams get
+    a comment heartbeat; the stream ends after ``done``, or at once when the job has
+    ended and nothing is left after ``Last-Event-ID``."""
+    await run_in_threadpool(events.job, job_id)  # 404 before the stream opens
     start = last_event_id if last_event_id is not None else (after or 0)
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        # Subscribe before reading the log, so nothing written in between is missed.
-        with closing(runtime.notifier.subscribe(job_id)) as subscription:
-            async for event in _follow(runtime, job_id, start, subscription):
-                yield ServerSentEvent(
-                    id=str(event.seq), event=event.type.value, data=json.dumps(event_payload(event))
-                )
+    async def messages() -> AsyncIterator[ServerSentEvent]:
+        async for event in events.follow(job_id, start):
+            yield ServerSentEvent(
+                id=None if event.seq is None else str(event.seq),
+                event=event.type.value,
+                data=json.dumps(event.wire()),
+            )
 
-    return EventSourceResponse(events(), ping=runtime.settings.sse_ping_s)
+    return EventSourceResponse(messages(), ping=ping_s)

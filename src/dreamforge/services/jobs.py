@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import structlog
 
+from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import Conflict, ErrorCode, FieldProblem, InvalidRequest, NotFound
-from dreamforge.domain.events import EventType
+from dreamforge.domain.events import DoneData, log_event, status_event
 from dreamforge.domain.jobs import (
+    CANCEL_QUEUED,
     MAX_SEED,
     JobRequest,
     JobStatus,
@@ -19,11 +21,10 @@ from dreamforge.domain.jobs import (
     resolve_spec,
 )
 from dreamforge.domain.progress import Stage
-from dreamforge.events.log import EventLog, log_event, status_event
+from dreamforge.domain.records import Job
+from dreamforge.events.writer import JobWriter
 from dreamforge.models.registry import ModelRegistry
-from dreamforge.store.jobs import JobRepository
-from dreamforge.store.records import Job
-from dreamforge.store.tables import utcnow
+from dreamforge.store.jobs import JobPage, JobRepository
 
 log = structlog.get_logger(__name__)
 
@@ -32,14 +33,14 @@ class JobService:
     def __init__(
         self,
         jobs: JobRepository,
-        events: EventLog,
+        writer: JobWriter,
         models: ModelRegistry,
         enqueue: Callable[[str], None],
         limits: Limits,
         default_model_id: str,
     ) -> None:
         self._jobs = jobs
-        self._events = events
+        self._writer = writer
         self._models = models
         self._enqueue = enqueue
         self._limits = limits
@@ -74,7 +75,7 @@ class JobService:
         problems = check_limits(spec, self._limits)
         if problems:
             raise InvalidRequest(problems)
-        job = self._events.create(
+        job = self._writer.create(
             str(uuid.uuid4()),
             spec,
             [
@@ -98,19 +99,32 @@ class JobService:
             raise NotFound("job", job_id)
         return job
 
+    def page(self, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
+        try:
+            return self._jobs.page(status, limit, cursor)
+        except ValueError as exc:
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        "cursor",
+                        "not a cursor this API issued",
+                        "pass next_cursor from a previous page",
+                    )
+                ]
+            ) from exc
+
     def cancel(self, job_id: str) -> Job:
         """A queued job ends ``canceled`` at once; a running one is asked to stop."""
         job = self.get(job_id)
         if job.status is JobStatus.QUEUED:
-            canceled = self._events.transition(
+            canceled = self._writer.transition(
                 job_id,
-                from_statuses=[JobStatus.QUEUED],
-                events=[
+                CANCEL_QUEUED,
+                [
                     log_event("canceled before it started", stage=Stage.QUEUED),
                     status_event(JobStatus.CANCELED),
-                    (EventType.DONE, {"status": JobStatus.CANCELED.value, "error": None}),
+                    DoneData(status=JobStatus.CANCELED, error=None),
                 ],
-                status=JobStatus.CANCELED.value,
                 cancel_requested=True,
                 finished_at=utcnow(),
                 stage=Stage.DONE.value,
@@ -120,7 +134,7 @@ class JobService:
             job = self.get(job_id)  # a worker claimed it meanwhile: cancel it running
         if job.status is JobStatus.RUNNING:
             if not job.cancel_requested:
-                self._events.request_cancel(job_id, job.stage)
+                self._writer.request_cancel(job_id, job.stage)
             return self.get(job_id)
         if job.status is JobStatus.CANCELED:
             return job

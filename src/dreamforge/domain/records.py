@@ -1,12 +1,14 @@
-"""Plain, immutable snapshots of rows, handed out by the repositories."""
+"""Plain, immutable snapshots of what Dream Forge keeps: jobs, artifacts and models.
+
+The store maps them to tables; every other layer reads them from here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from dreamforge.domain.events import EventType
+from dreamforge.domain.errors import JobError
 from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
 
 
@@ -17,7 +19,7 @@ class Job:
     spec: JobSpec
     progress: float
     stage: str
-    error: dict[str, Any] | None
+    error: JobError | None
     cancel_requested: bool
     attempts: int
     lease_owner: str | None
@@ -25,15 +27,6 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    job_id: str
-    seq: int
-    type: EventType
-    data: dict[str, Any]
-    created_at: datetime
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 from collections.abc import Callable
-from enum import Enum
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -19,33 +18,28 @@ import structlog
 
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.runners.protocol import (
+    DeviceMemory,
     Failed,
     Finished,
-    GenerateRequest,
     ModelRef,
+    Outcome,
+    RenderRequest,
+    RunnerCrashed,
     RunnerMessage,
+    Tick,
 )
 
 log = structlog.get_logger(__name__)
 
 
-class Tick(Enum):
-    CONTINUE = "continue"
-    CANCEL = "cancel"  # ask the child to stop at the next denoising step
-    KILL = "kill"  # the child is past its time: end it now
-
-
-class RunnerCrashed(Exception):
-    """The child died or was killed before it finished the request."""
-
-
 def _child_main(
     conn: multiprocessing.connection.Connection, cancel: Event, device: str | None
 ) -> None:
-    from dreamforge.runners.device import select_device
+    from dreamforge.runners.device import memory_report, select_device
     from dreamforge.runners.sdxl import Canceled, SdxlRunner
 
-    runner = SdxlRunner(select_device(device))
+    choice = select_device(device)
+    runner = SdxlRunner(choice)
     while True:
         try:
             request = conn.recv()
@@ -55,21 +49,26 @@ def _child_main(
             return
         try:
             runner.generate(request, conn.send, cancel.is_set)
-            conn.send(Finished())
+            conn.send(Finished(memory_report(choice)))
         except Canceled:
-            conn.send(Failed(ErrorCode.CANCELED, "canceled by request"))
+            conn.send(Failed(ErrorCode.CANCELED, "canceled by request", memory_report(choice)))
         except FileNotFoundError as exc:
             conn.send(Failed(ErrorCode.MODEL_NOT_READY, f"model files missing: {exc}"))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
-            code = (
-                ErrorCode.GPU_OOM
-                if "out of memory" in str(exc).lower()
-                else (ErrorCode.RUNNER_ERROR)
-            )
-            conn.send(Failed(code, f"{type(exc).__name__}: {exc}"))
+            code = ErrorCode.GPU_OOM if is_out_of_memory(exc) else ErrorCode.RUNNER_ERROR
+            message = f"{type(exc).__name__}: {exc}"
+            conn.send(Failed(code, message, memory_report(choice)))
 
 
-class RunnerHost:
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+class SdxlProcessRunner:
+    """The SDXL runner in a child process (see the module docstring)."""
+
     def __init__(self, device: str | None = None) -> None:
         self._device = device
         self._context = multiprocessing.get_context("spawn")
@@ -77,6 +76,7 @@ class RunnerHost:
         self._conn: multiprocessing.connection.Connection | None = None
         self._cancel: Event = self._context.Event()
         self._preloading = False
+        self._memory: DeviceMemory | None = None
 
     @property
     def alive(self) -> bool:
@@ -97,13 +97,16 @@ class RunnerHost:
         self._conn = parent
         log.info("runner.started", pid=self._process.pid)
 
-    def run(
+    def memory(self) -> DeviceMemory | None:
+        return self._memory
+
+    def render(
         self,
-        request: GenerateRequest,
+        request: RenderRequest,
         on_message: Callable[[RunnerMessage], None],
         tick: Callable[[], Tick],
         poll_s: float = 0.05,
-    ) -> Finished | Failed:
+    ) -> Outcome:
         """Send one request and relay the child's messages until it ends.
 
         If relaying or ticking raises (the database went away, say), the child is killed:
@@ -131,7 +134,7 @@ class RunnerHost:
         on_message: Callable[[RunnerMessage], None],
         tick: Callable[[], Tick],
         poll_s: float,
-    ) -> Finished | Failed:
+    ) -> Outcome:
         assert self._conn is not None
         while True:
             if self._conn.poll(poll_s):
@@ -141,6 +144,7 @@ class RunnerHost:
                     self._discard()
                     raise RunnerCrashed("the runner process died") from exc
                 if isinstance(message, Finished | Failed):
+                    self._memory = message.memory or self._memory
                     return message
                 on_message(message)
             elif not self.alive:
@@ -159,7 +163,7 @@ class RunnerHost:
         finds it loaded instead of paying for the child's start and the load."""
         self.start()
         assert self._conn is not None
-        self._conn.send(GenerateRequest(spec=None, model=model, items=()))
+        self._conn.send(RenderRequest(spec=None, model=model, items=()))
         self._preloading = True
 
     def kill(self) -> None:

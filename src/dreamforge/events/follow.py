@@ -1,0 +1,88 @@
+"""Reading a job's events: the replay-then-tail stream behind SSE, and its log lines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import closing
+from datetime import datetime
+
+from dreamforge.domain.errors import NotFound
+from dreamforge.domain.events import EventType, JobEvent, ProgressData
+from dreamforge.domain.jobs import JobStatus
+from dreamforge.domain.records import Job
+from dreamforge.events.notifier import Notifier, Subscription
+from dreamforge.store.jobs import JobRepository
+
+# A stream re-reads the log when nothing arrived for this long, as a safety net: the
+# notifier carries events at once, but a missed publish must cost a delay, not an event.
+POLL_S = 2.0
+
+
+class JobEvents:
+    def __init__(self, jobs: JobRepository, notifier: Notifier, poll_s: float = POLL_S) -> None:
+        self._jobs = jobs
+        self._notifier = notifier
+        self._poll_s = poll_s
+
+    def job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound("job", job_id)
+        return job
+
+    def log_lines(
+        self, job_id: str, after: int = 0, since: datetime | None = None, tail: int | None = None
+    ) -> list[JobEvent]:
+        self.job(job_id)
+        lines = self._jobs.events(job_id, after, types=[EventType.LOG], since=since)
+        return lines[-tail:] if tail is not None else lines
+
+    async def follow(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
+        """The job's durable events after ``after``, in order and each once, then its live
+        ones, until ``done``; it ends at once when the job has ended and nothing is left.
+
+        After the replay, a running job's stream gets one ``progress`` event with where the
+        job is now (progress is live only: it has no ``seq`` and is never replayed).
+        """
+        # Subscribe before reading, so that nothing written in between is missed.
+        with closing(self._notifier.subscribe(job_id)) as subscription:
+            job = await asyncio.to_thread(self.job, job_id)
+            if job.status.is_terminal and after >= job.last_seq:
+                return
+            backlog = await asyncio.to_thread(self._jobs.events, job_id, after)
+            for event in backlog:
+                after = event.seq or after
+                yield event
+                if event.type is EventType.DONE:
+                    return
+            if job.status is JobStatus.RUNNING:
+                snapshot = ProgressData(progress=job.progress, stage=job.stage)
+                yield JobEvent.live(job_id, snapshot, job.started_at or job.created_at)
+            async for event in self._tail(job_id, after, subscription):
+                yield event
+
+    async def _tail(
+        self, job_id: str, after: int, subscription: Subscription
+    ) -> AsyncIterator[JobEvent]:
+        """Live events from the notifier; the log fills any gap (a missed publish, events
+        that overtook each other between processes) and is re-read when all is quiet."""
+        pending: list[JobEvent] = []
+        while True:
+            for event in pending:
+                if event.seq is None:
+                    yield event
+                    continue
+                if event.seq <= after:
+                    continue
+                if event.seq > after + 1:
+                    break
+                after = event.seq
+                yield event
+                if event.type is EventType.DONE:
+                    return
+            else:
+                pending = await subscription.wait(self._poll_s)
+                if pending:
+                    continue
+            pending = await asyncio.to_thread(self._jobs.events, job_id, after)

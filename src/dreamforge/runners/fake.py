@@ -1,0 +1,135 @@
+"""A runner without a GPU or a model: deterministic images, a set time per step, and
+failures on demand. It stands in for the SDXL runner where a test is about the worker
+(claims, leases, cancel, time limits, crashes), not about the pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from PIL import Image
+
+from dreamforge import __version__
+from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
+from dreamforge.domain.errors import ErrorCode
+from dreamforge.runners.protocol import (
+    DeviceMemory,
+    Failed,
+    Finished,
+    ItemRendered,
+    ModelLoaded,
+    ModelRef,
+    Outcome,
+    RenderRequest,
+    RunnerCrashed,
+    RunnerMessage,
+    StepDone,
+    Tick,
+)
+
+
+class Trouble(Enum):
+    FAIL = "fail"  # the pipeline raises: a RUNNER_ERROR outcome
+    OOM = "oom"  # the device runs out of memory: a GPU_OOM outcome
+    CRASH = "crash"  # the process dies
+    HANG = "hang"  # stuck inside one device call until killed
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What goes wrong, and after which denoising step of the first item."""
+
+    trouble: Trouble
+    at_step: int = 1
+
+
+def fake_image(seed: int, width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+@dataclass
+class FakeRunner:
+    """``plans`` maps a prompt to the trouble its jobs meet; other prompts render fine."""
+
+    step_s: float = 0.0
+    load_s: float = 0.0
+    plans: Mapping[str, Plan] = field(default_factory=dict)
+    rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
+    _loaded: set[str] = field(default_factory=set)
+
+    def preload(self, model: ModelRef) -> None:
+        self._loaded.add(model.id)
+
+    def memory(self) -> DeviceMemory:
+        return DeviceMemory("fake", 0, None)
+
+    def stop(self) -> None:
+        self._loaded.clear()
+
+    def render(
+        self,
+        request: RenderRequest,
+        on_message: Callable[[RunnerMessage], None],
+        tick: Callable[[], Tick],
+    ) -> Outcome:
+        cached = request.model.id in self._loaded
+        if not cached:
+            time.sleep(self.load_s)
+            self._loaded.add(request.model.id)
+        on_message(
+            ModelLoaded(request.model.id, 0.0 if cached else self.load_s, cached, "fake", "uint8")
+        )
+        spec = request.spec
+        if spec is None:
+            return Finished(self.memory())
+        plan = self.plans.get(spec.prompt)
+        for item in request.items:
+            for step in range(1, spec.steps + 1):
+                time.sleep(self.step_s)
+                if plan is not None and step == plan.at_step:
+                    failed = self._meet(plan.trouble, tick)
+                    if failed is not None:
+                        return failed
+                on_message(StepDone(item.index, step, spec.steps))
+                decision = tick()
+                if decision is Tick.CANCEL:
+                    return Failed(ErrorCode.CANCELED, "canceled by request", self.memory())
+                if decision is Tick.KILL:
+                    raise RunnerCrashed("the runner was killed")
+            image = fake_image(item.seed, spec.width, spec.height)
+            receipt = Receipt(
+                spec=spec,
+                seed=item.seed,
+                step_index=request.step_index,
+                step_type=request.step_type,
+                item_index=item.index,
+                model=ModelReceipt(
+                    id=request.model.id, sha256=request.model.sha256, source=request.model.source
+                ),
+                versions={"dreamforge": __version__},
+                device="fake",
+                dtype="uint8",
+            )
+            self.rendered.append((spec.prompt, item.seed))
+            on_message(
+                ItemRendered(
+                    item.index, item.seed, encode_png(image, receipt), spec.width, spec.height
+                )
+            )
+        return Finished(self.memory())
+
+    def _meet(self, trouble: Trouble, tick: Callable[[], Tick]) -> Failed | None:
+        if trouble is Trouble.FAIL:
+            return Failed(ErrorCode.RUNNER_ERROR, "RuntimeError: the fake pipeline failed")
+        if trouble is Trouble.OOM:
+            return Failed(ErrorCode.GPU_OOM, "OutOfMemoryError: the fake device is full")
+        if trouble is Trouble.CRASH:
+            raise RunnerCrashed("the runner process exited with code -9")
+        while tick() is not Tick.KILL:  # HANG: only a kill gets it out
+            time.sleep(0.01)
+        raise RunnerCrashed("the runner was killed")

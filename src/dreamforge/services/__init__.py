@@ -1,0 +1,1 @@
+"""What the API asks of Dream Forge: one service per resource, each over its ports."""

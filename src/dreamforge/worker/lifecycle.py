@@ -1,0 +1,179 @@
+"""Holds one job from claim to end: the lease, its heartbeat, cancel, the time limit, and
+the final transition. What the job renders is the step driver's business.
+
+Safe to call twice for the same job (a duplicate delivery, a retry after a crash): the
+claim is a conditional update, so only one call gets past it, and every later move is
+conditional on this worker still holding the lease. Every move is one the domain's state
+machine allows; the store refuses any other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from dreamforge.domain.clock import utcnow
+from dreamforge.domain.errors import ErrorCode, JobError
+from dreamforge.domain.events import DoneData, EventData, LogLevel, log_event, status_event
+from dreamforge.domain.jobs import REQUEUE, JobStatus, finish
+from dreamforge.domain.progress import Stage
+from dreamforge.domain.records import Job
+from dreamforge.events.notifier import Notifier
+from dreamforge.events.writer import JobWriter
+from dreamforge.runners.protocol import RunnerCrashed, Tick
+from dreamforge.store.jobs import JobRepository
+from dreamforge.worker.steps import JobOutcome, StepDriver
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    worker_id: str
+    lease_s: float
+    heartbeat_s: float
+    time_limit_s: float
+    # Cancel requests arrive through the notifier at once; the database is only re-read
+    # this often, in case a signal was lost.
+    cancel_poll_s: float = 1.0
+
+
+@dataclass
+class _Watch:
+    """What the lifecycle keeps between ticks of one job."""
+
+    started: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    last_cancel_check: float = field(default_factory=time.monotonic)
+    cancel_seen: bool = False
+    timed_out: bool = False
+    lease_lost: bool = False
+
+
+class JobLifecycle:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        writer: JobWriter,
+        notifier: Notifier,
+        driver: StepDriver,
+        settings: LeaseSettings,
+    ) -> None:
+        self._jobs = jobs
+        self._writer = writer
+        self._notifier = notifier
+        self._driver = driver
+        self._settings = settings
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Hand the job in hand back to the queue instead of finishing it (shutdown)."""
+        self._stopping.set()
+
+    def run(self, job_id: str) -> JobStatus | None:
+        """Run the job if it can be claimed; its final status, or ``None`` if not ours."""
+        owner = self._settings.worker_id
+        job = self._writer.claim(job_id, owner, self._settings.lease_s)
+        if job is None:
+            logger.info("job.not_claimed", job_id=job_id)
+            return None
+        retry = " (retry)" if job.attempts > 1 else ""
+        started = log_event(
+            f"started on worker {owner}, attempt {job.attempts}{retry}",
+            stage="claimed",
+            attempt=job.attempts,
+        )
+        watch = _Watch()
+        outcome: JobOutcome | None
+        try:
+            outcome = self._driver.drive(job, lambda: self._tick(job, watch), notes=[started])
+        except RunnerCrashed as exc:
+            outcome = self._after_crash(job, watch, exc)
+        except Exception as exc:  # the job must end, whatever broke
+            logger.exception("job.crashed", job_id=job_id)
+            outcome = JobOutcome.failed(ErrorCode.RUNNER_ERROR, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._notifier.forget_cancel(job_id)
+        if outcome is None:
+            return self._requeue(job) if self._stopping.is_set() else None
+        return self._finish(job, outcome, time.monotonic() - watch.started)
+
+    def _after_crash(self, job: Job, watch: _Watch, exc: RunnerCrashed) -> JobOutcome | None:
+        """The outcome of a runner that died or was killed; ``None`` when the job is not
+        this worker's to end (shutting down, or the lease went to another worker)."""
+        if self._stopping.is_set() or watch.lease_lost:
+            return None
+        if watch.timed_out:
+            limit = self._settings.time_limit_s
+            return JobOutcome.failed(ErrorCode.TIMEOUT, f"the job ran past its limit of {limit:g}s")
+        return JobOutcome.failed(ErrorCode.RUNNER_ERROR, str(exc))
+
+    def _tick(self, job: Job, watch: _Watch) -> Tick:
+        now = time.monotonic()
+        if self._stopping.is_set():
+            return Tick.KILL
+        if now - watch.started > self._settings.time_limit_s:
+            watch.timed_out = True
+            return Tick.KILL
+        if now - watch.last_heartbeat >= self._settings.heartbeat_s:
+            watch.last_heartbeat = now
+            if not self._jobs.renew_lease(job.id, self._settings.worker_id, self._settings.lease_s):
+                logger.warning("job.lease_lost", job_id=job.id)
+                watch.lease_lost = True
+                return Tick.KILL
+        if not watch.cancel_seen:
+            watch.cancel_seen = self._notifier.cancel_requested(job.id)
+        if not watch.cancel_seen and now - watch.last_cancel_check >= self._settings.cancel_poll_s:
+            watch.last_cancel_check = now
+            watch.cancel_seen = self._jobs.is_cancel_requested(job.id)
+        return Tick.CANCEL if watch.cancel_seen else Tick.CONTINUE
+
+    def _requeue(self, job: Job) -> JobStatus | None:
+        released = self._writer.transition(
+            job.id,
+            REQUEUE,
+            [
+                log_event(
+                    "worker stopping; job returned to the queue", LogLevel.WARNING, job.stage
+                ),
+                status_event(JobStatus.QUEUED),
+            ],
+            owner=self._settings.worker_id,
+            lease_owner=None,
+            lease_expires_at=None,
+            stage=Stage.QUEUED.value,
+            progress=0.0,
+        )
+        return JobStatus.QUEUED if released is not None else None
+
+    def _finish(self, job: Job, outcome: JobOutcome, elapsed_s: float) -> JobStatus | None:
+        events: list[EventData] = []
+        error: JobError | None = outcome.error
+        if error is not None:
+            events.append(
+                log_event(error.message, LogLevel.ERROR, job.stage, code=error.code.value)
+            )
+        elif outcome.status is JobStatus.SUCCEEDED:
+            events.append(log_event(f"finished in {elapsed_s:.2f}s", stage=Stage.DONE))
+        events += [status_event(outcome.status), DoneData(status=outcome.status, error=error)]
+        progress = {"progress": 1.0} if outcome.status is JobStatus.SUCCEEDED else {}
+        finished = self._writer.transition(
+            job.id,
+            finish(outcome.status),
+            events,
+            owner=self._settings.worker_id,
+            error=error,
+            finished_at=utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            stage=Stage.DONE.value,
+            **progress,
+        )
+        if finished is None:
+            logger.warning("job.finish_lost", job_id=job.id, status=outcome.status)
+            return None
+        logger.info("job.finished", job_id=job.id, status=outcome.status)
+        return outcome.status

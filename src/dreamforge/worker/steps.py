@@ -1,0 +1,230 @@
+"""Walks a job's steps and each step's items through a runner, and records what happens.
+
+The driver turns runner messages into the job's events: stage changes and log lines are
+durable; denoising progress goes to followers at once and to the database at most every
+``progress_persist_s`` (a 100-item, 30-step job must not cost 3,000 transactions). Items a
+previous attempt already stored are skipped, and artifact keys are deterministic, so a
+job run twice stores each image once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dreamforge.artifacts.keys import artifact_key
+from dreamforge.artifacts.storage import ArtifactStorage
+from dreamforge.domain.clock import utcnow
+from dreamforge.domain.errors import ErrorCode, JobError
+from dreamforge.domain.events import ArtifactData, EventData, ProgressData, StageData, log_event
+from dreamforge.domain.jobs import JobStatus
+from dreamforge.domain.plan import StepPlan, plan_steps
+from dreamforge.domain.progress import Stage, denoising_fraction, job_progress
+from dreamforge.domain.records import Artifact, Job
+from dreamforge.events.writer import JobWriter
+from dreamforge.models.registry import ModelRegistry
+from dreamforge.runners.protocol import (
+    Failed,
+    ItemRendered,
+    ItemToRender,
+    ModelLoaded,
+    ModelRef,
+    RenderRequest,
+    Runner,
+    RunnerMessage,
+    StepDone,
+    Tick,
+)
+from dreamforge.store.jobs import JobRepository
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job's steps ended; the lifecycle turns it into the job's final status."""
+
+    status: JobStatus
+    error: JobError | None = None
+
+    @classmethod
+    def failed(cls, code: ErrorCode, message: str) -> JobOutcome:
+        return cls(JobStatus.FAILED, JobError(code=code, message=message))
+
+
+class StepDriver:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        writer: JobWriter,
+        models: ModelRegistry,
+        storage: ArtifactStorage,
+        runner: Runner,
+        progress_persist_s: float,
+    ) -> None:
+        self.jobs = jobs
+        self.writer = writer
+        self.models = models
+        self.storage = storage
+        self.runner = runner
+        self.progress_persist_s = progress_persist_s
+
+    def drive(
+        self, job: Job, tick: Callable[[], Tick], notes: Sequence[EventData] = ()
+    ) -> JobOutcome:
+        """Render every step of ``job`` that is not stored yet, writing ``notes`` with the
+        first stage change; raises ``RunnerCrashed``."""
+        spec = job.spec
+        model = self.models.get(spec.model_id)
+        if model is None or model.status != "ready":
+            code = ErrorCode.MODEL_NOT_FOUND if model is None else ErrorCode.MODEL_NOT_READY
+            state = "not registered" if model is None else model.status
+            self.writer.record(job.id, notes)
+            return JobOutcome.failed(code, f"model {spec.model_id!r} is {state}")
+        steps = plan_steps(spec)
+        for step in steps:
+            run = _StepRun(self, job, step, len(steps))
+            failed = run.render(ModelRef.of(model), tick, notes)
+            notes = ()
+            if failed is not None:
+                if failed.code is ErrorCode.CANCELED:
+                    return JobOutcome(JobStatus.CANCELED)
+                return JobOutcome.failed(failed.code, failed.message)
+        return JobOutcome(JobStatus.SUCCEEDED)
+
+    def stored_items(self, job: Job, step: StepPlan) -> set[int]:
+        """Items of ``step`` a previous attempt stored; a first attempt has none."""
+        if job.attempts == 1:
+            return set()
+        return {
+            a.item_index
+            for a in self.jobs.artifacts(job.id)
+            if a.step_index == step.index and self.storage.exists(a.key)
+        }
+
+
+class _StepRun:
+    """One step of one job: its stage events, its progress, its artifacts."""
+
+    def __init__(self, driver: StepDriver, job: Job, step: StepPlan, step_count: int) -> None:
+        self._driver = driver
+        self._writer = driver.writer
+        self._job = job
+        self._step = step
+        self._step_count = step_count
+        self._last_persist = 0.0
+        self._unsaved: float | None = None
+
+    def render(
+        self, model: ModelRef, tick: Callable[[], Tick], notes: Sequence[EventData]
+    ) -> Failed | None:
+        done = self._driver.stored_items(self._job, self._step)
+        items = tuple(
+            ItemToRender(i.index, i.seed) for i in self._step.items if i.index not in done
+        )
+        skipped = [log_event(f"{len(done)} item(s) already stored; skipping them")] if done else []
+        self._enter(Stage.LOADING_MODEL, f"loading model {model.id}", before=[*notes, *skipped])
+        if not items:
+            return None
+        request = RenderRequest(self._job.spec, model, items, self._step.index, self._step.type)
+        try:
+            outcome = self._driver.runner.render(request, self._relay, tick)
+        finally:
+            if self._unsaved is not None:  # the last figure, whatever happened
+                self._driver.jobs.set_progress(self._job.id, self._unsaved)
+        return outcome if isinstance(outcome, Failed) else None
+
+    def _progress(self, stage: Stage, fraction: float = 0.0) -> float:
+        return job_progress(self._step.index, self._step_count, stage, fraction)
+
+    def _enter(self, stage: Stage, message: str, before: Sequence[EventData] = ()) -> None:
+        progress = self._progress(stage)
+        self._writer.record(
+            self._job.id,
+            [*before, StageData(stage=stage, progress=progress), log_event(message, stage=stage)],
+            stage=stage.value,
+            progress=progress,
+        )
+        self._unsaved = None
+
+    def _relay(self, message: RunnerMessage) -> None:
+        if isinstance(message, StepDone):
+            self._step_done(message)
+        elif isinstance(message, ModelLoaded):
+            how = "from cache" if message.cached else "from disk"
+            spec = self._job.spec
+            ready = log_event(
+                f"model {message.model_id} ready ({how}, {message.seconds:.2f}s) "
+                f"on {message.device}/{message.dtype}",
+                stage=Stage.LOADING_MODEL,
+            )
+            self._enter(
+                Stage.DENOISING,
+                f"denoising {spec.steps} steps, {spec.width}x{spec.height}, seed {spec.seed}",
+                before=[ready],
+            )
+        elif isinstance(message, ItemRendered):
+            self._store(message)
+
+    def _step_done(self, message: StepDone) -> None:
+        fraction = denoising_fraction(
+            message.item_index, len(self._step.items), message.step, message.steps
+        )
+        progress = self._progress(Stage.DENOISING, fraction)
+        data = ProgressData(
+            progress=progress,
+            stage=Stage.DENOISING,
+            step_index=self._step.index,
+            item_index=message.item_index,
+            step=message.step,
+            steps=message.steps,
+        )
+        now = time.monotonic()
+        persist = now - self._last_persist >= self._driver.progress_persist_s
+        if persist:
+            self._last_persist = now
+        self._writer.progress(self._job.id, data, persist)
+        self._unsaved = None if persist else progress
+
+    def _store(self, item: ItemRendered) -> None:
+        step = self._step
+        key = artifact_key(self._job.id, step.index, step.type, item.item_index)
+        self._driver.storage.put(key, item.png, "image/png")
+        artifact = Artifact(
+            job_id=self._job.id,
+            step_index=step.index,
+            step_type=step.type,
+            item_index=item.item_index,
+            key=key,
+            content_type="image/png",
+            size_bytes=len(item.png),
+            sha256=hashlib.sha256(item.png).hexdigest(),
+            width=item.width,
+            height=item.height,
+            seed=item.seed,
+            created_at=utcnow(),
+        )
+        progress = self._progress(Stage.SAVING)
+        self._writer.save_artifact(
+            artifact,
+            [
+                StageData(stage=Stage.SAVING, progress=progress),
+                log_event(f"saving item {item.item_index}", stage=Stage.SAVING),
+                ArtifactData(
+                    key=key,
+                    content_type=artifact.content_type,
+                    size_bytes=artifact.size_bytes,
+                    sha256=artifact.sha256,
+                    width=artifact.width,
+                    height=artifact.height,
+                    seed=artifact.seed,
+                    step_index=artifact.step_index,
+                    step_type=artifact.step_type,
+                    item_index=artifact.item_index,
+                ),
+                log_event(f"stored {key} ({artifact.size_bytes} bytes)", stage=Stage.SAVING),
+            ],
+            stage=Stage.SAVING.value,
+            progress=progress,
+        )
+        self._unsaved = None
