@@ -45,8 +45,11 @@ API_PROCESSES = 2
 
 
 @contextmanager
-def stack(root: Path, with_worker: bool, api_workers: int = 1) -> Iterator[tuple[str, Path]]:
-    """API (+ worker) processes on a fresh database, Redis namespace and bucket."""
+def stack(
+    root: Path, with_worker: bool, api_workers: int = 1
+) -> Iterator[tuple[str, Path, list[int]]]:
+    """API (+ worker) processes on a fresh database, Redis namespace and bucket; yields
+    the API's URL, the model's folder and the processes' ids."""
     run = uuid.uuid4().hex[:8]
     name = f"dreamforge_bench_{run}"
     admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
@@ -79,7 +82,8 @@ def stack(root: Path, with_worker: bool, api_workers: int = 1) -> Iterator[tuple
         if worker:
             worker.start()
         api.start()
-        yield api.url, model_dir
+        processes = [api.process, worker.process if worker else None]
+        yield api.url, model_dir, [p.pid for p in processes if p is not None]
     finally:
         api.signal(signal.SIGTERM)
         if worker:
@@ -92,7 +96,7 @@ def stack(root: Path, with_worker: bool, api_workers: int = 1) -> Iterator[tuple
 
 def throughput(root: Path) -> float:
     with (
-        stack(root, with_worker=True) as (url, model_dir),
+        stack(root, with_worker=True) as (url, model_dir, _),
         httpx.Client(base_url=url, timeout=120) as client,
     ):
         service_s, bare_s = compare(client, BarePipeline(model_dir), JOBS, ROUNDS)
@@ -114,7 +118,7 @@ def creations(root: Path) -> tuple[float, float, float]:
         with lock:
             latencies.extend(mine)
 
-    with stack(root, with_worker=False, api_workers=API_PROCESSES) as (url, _):
+    with stack(root, with_worker=False, api_workers=API_PROCESSES) as (url, _, _):
         with httpx.Client(base_url=url) as warm:
             for _ in range(20):
                 warm.post("/v1/jobs", json={"prompt": "warm up"}).raise_for_status()

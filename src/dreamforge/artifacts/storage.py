@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlencode, urlparse
@@ -47,9 +47,9 @@ class LocalStorage:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: a crash mid-write never leaves a truncated image under the key.
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

@@ -132,12 +132,6 @@ class JobEvent:
     def live(cls, job_id: str, data: EventData, at: datetime) -> JobEvent:
         return cls(job_id, None, data.TYPE, data.dump(), at)
 
-    def wire(self) -> dict[str, Any]:
-        """The JSON object of an SSE ``data:`` line or an NDJSON log line."""
-        head: dict[str, Any] = {} if self.seq is None else {"seq": self.seq}
-        ts = self.created_at.isoformat().replace("+00:00", "Z")
-        return {**head, "type": self.type.value, "ts": ts, **self.data}
-
 
 def log_event(
     message: str,

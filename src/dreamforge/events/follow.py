@@ -38,9 +38,10 @@ class JobEvents:
         lines = self._jobs.events(job_id, after, types=[EventType.LOG], since=since)
         return lines[-tail:] if tail is not None else lines
 
-    async def follow(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
+    async def follow(self, job_id: str, after: int) -> AsyncIterator[list[JobEvent]]:
         """The job's durable events after ``after``, in order and each once, then its live
-        ones, until ``done``; it ends at once when the job has ended and nothing is left.
+        ones, until ``done``, in batches of what is at hand; it ends at once when the job
+        has ended and nothing is left.
 
         After the replay, a running job's stream gets one ``progress`` event with where the
         job is now (progress is live only: it has no ``seq`` and is never replayed).
@@ -50,38 +51,37 @@ class JobEvents:
             job = await asyncio.to_thread(self.job, job_id)
             if job.status.is_terminal and after >= job.last_seq:
                 return
-            backlog = await asyncio.to_thread(self._jobs.events, job_id, after)
-            for event in backlog:
-                after = event.seq or after
-                yield event
-                if event.type is EventType.DONE:
-                    return
+            replay = await asyncio.to_thread(self._jobs.events, job_id, after)
             if job.status is JobStatus.RUNNING:
                 snapshot = ProgressData(progress=job.progress, stage=job.stage)
-                yield JobEvent.live(job_id, snapshot, job.started_at or job.created_at)
-            async for event in self._tail(job_id, after, subscription):
-                yield event
+                replay.append(JobEvent.live(job_id, snapshot, job.started_at or job.created_at))
+            async for batch in self._in_order(job_id, after, replay, subscription):
+                yield batch
 
-    async def _tail(
-        self, job_id: str, after: int, subscription: Subscription
-    ) -> AsyncIterator[JobEvent]:
-        """Live events from the notifier; the log fills any gap (a missed publish, events
-        that overtook each other between processes) and is re-read when all is quiet."""
-        pending: list[JobEvent] = []
+    async def _in_order(
+        self, job_id: str, after: int, pending: list[JobEvent], subscription: Subscription
+    ) -> AsyncIterator[list[JobEvent]]:
+        """``pending``, then what the notifier brings, each durable event once and in
+        order; the log fills any gap (a missed publish, events that overtook each other
+        between processes) and is re-read when all is quiet."""
         while True:
+            batch: list[JobEvent] = []
+            gap = False
             for event in pending:
                 if event.seq is None:
-                    yield event
-                    continue
-                if event.seq <= after:
-                    continue
-                if event.seq > after + 1:
+                    batch.append(event)
+                elif event.seq == after + 1:
+                    after = event.seq
+                    batch.append(event)
+                    if event.type is EventType.DONE:
+                        yield batch
+                        return
+                elif event.seq > after + 1:
+                    gap = True
                     break
-                after = event.seq
-                yield event
-                if event.type is EventType.DONE:
-                    return
-            else:
+            if batch:
+                yield batch
+            if not gap:
                 pending = await subscription.wait(self._poll_s)
                 if pending:
                     continue

@@ -63,8 +63,10 @@ class LocalSubscription:
 
     async def wait(self, timeout: float) -> list[JobEvent]:
         if not self._pending:
+            # asyncio.timeout, unlike wait_for, starts no task: this runs once an event.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
         self._arrived.clear()
         events, self._pending = self._pending, []
         return events

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import select
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -77,6 +78,7 @@ class SdxlProcessRunner:
         self._cancel: Event = self._context.Event()
         self._preloading = False
         self._memory: DeviceMemory | None = None
+        self._poller = select.poll()
 
     @property
     def alive(self) -> bool:
@@ -95,6 +97,10 @@ class SdxlProcessRunner:
         self._process.start()
         child.close()
         self._conn = parent
+        # One poll object for the pipe's life: Connection.poll builds a selector on every
+        # call, and the relay loop polls once per denoising step.
+        self._poller = select.poll()
+        self._poller.register(parent.fileno(), select.POLLIN)
         log.info("runner.started", pid=self._process.pid)
 
     def memory(self) -> DeviceMemory | None:
@@ -137,7 +143,7 @@ class SdxlProcessRunner:
     ) -> Outcome:
         assert self._conn is not None
         while True:
-            if self._conn.poll(poll_s):
+            if self._poller.poll(poll_s * 1000):
                 try:
                     message = self._conn.recv()
                 except (EOFError, OSError) as exc:

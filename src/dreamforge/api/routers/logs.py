@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from dreamforge.api.deps import Events
 from dreamforge.api.schemas import MAX_SEQ, problem_responses
+from dreamforge.api.wire import ndjson_lines
 from dreamforge.domain.errors import FieldProblem, InvalidRequest
 
 router = APIRouter(prefix="/v1/jobs", tags=["logs"])
@@ -87,5 +87,5 @@ def logs(
             ]
         )
     lines = events.log_lines(job_id, after, since=when, tail=tail)
-    body = "".join(json.dumps(e.wire()) + "\n" for e in lines)
+    body = ndjson_lines(lines)
     return Response(body, media_type=NDJSON)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from dreamforge.api.deps import Events, Jobs, SsePing
 from dreamforge.api.schemas import MAX_SEQ, ErrorOut, ProgressOut, problem_responses
+from dreamforge.api.wire import sse_frames
 from dreamforge.domain.progress import STAGE_WEIGHTS
 
 router = APIRouter(prefix="/v1/jobs", tags=["progress"])
@@ -87,12 +87,8 @@ async def stream(
     await run_in_threadpool(events.job, job_id)  # 404 before the stream opens
     start = last_event_id if last_event_id is not None else (after or 0)
 
-    async def messages() -> AsyncIterator[ServerSentEvent]:
-        async for event in events.follow(job_id, start):
-            yield ServerSentEvent(
-                id=None if event.seq is None else str(event.seq),
-                event=event.type.value,
-                data=json.dumps(event.wire()),
-            )
+    async def messages() -> AsyncIterator[bytes]:
+        async for batch in events.follow(job_id, start):
+            yield sse_frames(batch)
 
     return EventSourceResponse(messages(), ping=ping_s)

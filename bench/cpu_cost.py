@@ -1,0 +1,78 @@
+"""What the service itself costs: CPU seconds of the serving processes per job.
+
+30 jobs of 30 steps (64x64, the tiny model), one at a time, each created, followed over SSE
+to its end, read back and its image fetched, as a client does. Measured as CPU time (user +
+system) of the processes that serve, not of the pipeline child that renders nor of the
+client: CPU time barely moves with the noise of a shared machine, unlike wall time.
+
+- embedded: the one `dreamforge serve` process;
+- distributed: `dreamforge api` and `dreamforge worker` summed, on PostgreSQL, Redis and
+  SeaweedFS (needs PostgreSQL and Redis on 127.0.0.1, as CI has them).
+
+Target: cpu_ms_per_job <= 15 (embedded).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import psutil
+from httpx_sse import connect_sse
+
+from bench.common import EmbeddedServer
+from bench.distributed import stack
+
+JOBS = 30
+WARM_UP = 3
+SPEC = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "steps": 30}
+
+
+def client_job(client: httpx.Client, seed: int) -> None:
+    job = client.post("/v1/jobs", json={**SPEC, "seed": seed}).raise_for_status().json()
+    with connect_sse(client, "GET", job["links"]["stream"]) as source:
+        for event in source.iter_sse():
+            if event.event == "done":
+                assert json.loads(event.data)["status"] == "succeeded", event.data
+                break
+    client.get(job["links"]["self"]).raise_for_status()
+    artifact = client.get(job["links"]["artifacts"]).json()["data"][0]
+    client.get(artifact["url"]).raise_for_status()
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system time of these processes alone (children have their own)."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def cpu_ms_per_job(url: str, pids: Sequence[int]) -> float:
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for seed in range(WARM_UP):
+            client_job(client, seed)
+        before = cpu_seconds(pids)
+        for seed in range(WARM_UP, WARM_UP + JOBS):
+            client_job(client, seed)
+        return (cpu_seconds(pids) - before) / JOBS * 1000
+
+
+def main() -> None:
+    with EmbeddedServer() as server:
+        assert server.process is not None
+        embedded = cpu_ms_per_job(server.url, [server.process.pid])
+    print(f"embedded: {embedded:.1f} ms of CPU per job")
+    with (
+        tempfile.TemporaryDirectory(prefix="dreamforge-bench-") as tmp,
+        stack(Path(tmp), with_worker=True) as (url, _, pids),
+    ):
+        distributed = cpu_ms_per_job(url, pids)
+    print(f"distributed: {distributed:.1f} ms of CPU per job (API + worker)")
+    print(f"jobs: {JOBS} of {SPEC['steps']} steps, 64x64, tiny SDXL")
+    print(f"cpu_ms_per_job_distributed: {distributed:.1f}")
+    print(f"cpu_ms_per_job: {embedded:.1f}")
+
+
+if __name__ == "__main__":
+    main()
