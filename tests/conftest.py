@@ -21,6 +21,7 @@ from dreamforge.api.app import create_app
 from dreamforge.config import Settings
 from dreamforge.models.registry import TINY_DEFAULTS, ModelRegistry
 from dreamforge.models.tiny import write_tiny_sdxl
+from dreamforge.runners.protocol import Runner
 from dreamforge.runtime import Runtime
 from dreamforge.store.db import Database
 from dreamforge.store.models import ModelRepository
@@ -174,11 +175,11 @@ class _ThreadedServer(uvicorn.Server):
 class ApiThread:
     """The API on a real port, served from a thread of the test process."""
 
-    def __init__(self, settings: Settings, run_worker: bool) -> None:
+    def __init__(self, settings: Settings, run_worker: bool, runner: Runner | None = None) -> None:
         self.runtime = Runtime.build(settings)
         self.runtime.prepare()
         config = uvicorn.Config(
-            create_app(self.runtime, run_worker=run_worker),
+            create_app(self.runtime, run_worker=run_worker, runner=runner),
             host="127.0.0.1",
             port=settings.port,
             log_level="warning",

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         "followers get every step live.",
     )
     sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
-    job_time_limit_s: int = Field(3600, ge=1, description="Hard limit on one job's run.")
+    job_time_limit_s: float = Field(3600, gt=0, description="Hard limit on one job's run.")
 
     @property
     def resolved_database_url(self) -> str:

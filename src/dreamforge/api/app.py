@@ -14,6 +14,7 @@ from dreamforge.api import problems
 from dreamforge.api.problems import PROBLEM_JSON
 from dreamforge.api.routers import artifacts, health, jobs, logs, models, progress
 from dreamforge.api.schemas import event_schemas, problem_example
+from dreamforge.runners.protocol import Runner
 from dreamforge.runtime import Runtime
 
 DESCRIPTION = """\
@@ -25,14 +26,16 @@ RFC 9457 problem (`application/problem+json`) with a stable `code`.
 """
 
 
-def create_app(runtime: Runtime, *, run_worker: bool = False) -> FastAPI:
+def create_app(
+    runtime: Runtime, *, run_worker: bool = False, runner: Runner | None = None
+) -> FastAPI:
     """The API over ``runtime``, which it stops on shutdown; with ``run_worker`` it also
-    runs jobs in this process (the embedded profile)."""
+    runs jobs in this process (the embedded profile), on ``runner`` if given."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if run_worker:
-            runtime.start_embedded_worker()
+            runtime.start_embedded_worker(runner)
         try:
             yield
         finally:

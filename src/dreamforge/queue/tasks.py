@@ -24,7 +24,7 @@ class NotAWorker(RuntimeError):
 class Tasks:
     """``run_job`` on the gpu queue; the io queue is declared, for the downloads to come."""
 
-    def __init__(self, broker: dramatiq.Broker, job_time_limit_s: int) -> None:
+    def __init__(self, broker: dramatiq.Broker, job_time_limit_s: float) -> None:
         self.broker = broker
         self._run_job: JobHandler | None = None
         # Retries stay off: the worker ends every job itself, and the reaper re-sends jobs
@@ -36,7 +36,7 @@ class Tasks:
             queue_name=GPU_QUEUE,
             max_retries=0,
             # Dramatiq's own limit is a last resort; the worker enforces the job's.
-            time_limit=(job_time_limit_s + 60) * 1000,
+            time_limit=int((job_time_limit_s + 60) * 1000),
         )
         broker.declare_queue(IO_QUEUE)
 

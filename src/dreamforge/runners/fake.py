@@ -37,6 +37,7 @@ class Trouble(Enum):
     OOM = "oom"  # the device runs out of memory: a GPU_OOM outcome
     CRASH = "crash"  # the process dies
     HANG = "hang"  # stuck inside one device call until killed
+    SLOW = "slow"  # every step from then on takes 0.1 s
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,9 @@ class FakeRunner:
         plan = self.plans.get(spec.prompt)
         for item in request.items:
             for step in range(1, spec.steps + 1):
-                time.sleep(self.step_s)
-                if plan is not None and step == plan.at_step:
+                slow = plan is not None and plan.trouble is Trouble.SLOW and step >= plan.at_step
+                time.sleep(0.1 if slow else self.step_s)
+                if plan is not None and step == plan.at_step and not slow:
                     failed = self._meet(plan.trouble, tick)
                     if failed is not None:
                         return failed

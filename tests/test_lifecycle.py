@@ -1,0 +1,237 @@
+"""A job's life on the worker — failures, cancel, time limits, crashes, lost leases and
+duplicate deliveries — end to end through the API, on the fake runner: no pipeline, so
+each test takes a fraction of a second and can make the runner fail on demand."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dreamforge.config import Settings
+from dreamforge.domain.jobs import JobStatus
+from dreamforge.models.registry import ModelRegistry
+from dreamforge.runners.fake import FakeRunner, Plan, Trouble
+from dreamforge.runtime import Runtime
+from dreamforge.store.models import ModelRepository
+from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
+from dreamforge.worker.steps import StepDriver
+from tests.conftest import ApiThread, free_port, register_tiny
+from tests.helpers import cancel_while_following, durable, read_stream, submit, wait_for
+
+PLANS = {
+    "fail": Plan(Trouble.FAIL, at_step=2),
+    "oom": Plan(Trouble.OOM, at_step=1),
+    "crash": Plan(Trouble.CRASH, at_step=3),
+    "hang": Plan(Trouble.HANG, at_step=1),
+    "slow": Plan(Trouble.SLOW, at_step=1),
+}
+
+
+@dataclasses.dataclass
+class FakeServer:
+    client: httpx.Client
+    runner: FakeRunner
+    runtime: Runtime
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
+    """The embedded profile on the fake runner, 10 ms a step, with a 2 s job time limit."""
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("fake"),
+        port=free_port(),
+        job_time_limit_s=2.0,
+        sse_ping_s=1.0,
+    )  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    runner = FakeRunner(step_s=0.01, plans=PLANS)
+    with (
+        ApiThread(settings, run_worker=True, runner=runner) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        yield FakeServer(client, runner, api.runtime)
+
+
+def finished(client: httpx.Client, prompt: str, **spec: Any) -> tuple[dict[str, Any], list[Any]]:
+    job = submit(client, prompt=prompt, **spec)
+    events = read_stream(client, job["id"], timeout=30)
+    return client.get(job["links"]["self"]).json(), events
+
+
+def assert_failed_cleanly(
+    fake: FakeServer, job: dict[str, Any], events: list[Any], code: str
+) -> None:
+    """What a user sees of a failed job: status, error, terminal event, log, no image."""
+    assert job["status"] == "failed" and job["error"]["code"] == code, job
+    assert job["finished_at"] and job["progress"] < 1
+    assert events[-1].type == "done"
+    assert events[-1].data["status"] == "failed" and events[-1].data["error"] == job["error"]
+    lines = fake.client.get(job["links"]["logs"]).text.splitlines()
+    assert f'"code":"{code}"' in lines[-1] and '"level":"error"' in lines[-1]
+    assert fake.client.get(job["links"]["artifacts"]).json()["data"] == []
+    # The worker is not poisoned: the next job on it succeeds.
+    after, _ = finished(fake.client, "fine after a failure")
+    assert after["status"] == "succeeded"
+
+
+def test_a_pipeline_error_fails_the_job_with_runner_error(fake: FakeServer) -> None:
+    job, events = finished(fake.client, "fail")
+    assert_failed_cleanly(fake, job, events, "RUNNER_ERROR")
+    assert "the fake pipeline failed" in job["error"]["message"]
+
+
+def test_out_of_memory_fails_the_job_with_gpu_oom(fake: FakeServer) -> None:
+    job, events = finished(fake.client, "oom")
+    assert_failed_cleanly(fake, job, events, "GPU_OOM")
+
+
+def test_a_runner_that_dies_fails_the_job_and_the_next_job_runs(fake: FakeServer) -> None:
+    job, events = finished(fake.client, "crash")
+    assert_failed_cleanly(fake, job, events, "RUNNER_ERROR")
+    assert "exited with code -9" in job["error"]["message"]
+
+
+def test_a_job_past_its_time_limit_is_killed_and_fails_with_timeout(fake: FakeServer) -> None:
+    started = time.monotonic()
+    job, events = finished(fake.client, "hang")  # stuck inside one device call
+    assert 2.0 <= time.monotonic() - started < 10
+    assert_failed_cleanly(fake, job, events, "TIMEOUT")
+    assert "limit of 2s" in job["error"]["message"]
+
+    slow, events = finished(fake.client, "slow", steps=100)  # 10 s of steps
+    assert_failed_cleanly(fake, slow, events, "TIMEOUT")
+
+
+def test_a_model_that_is_no_longer_ready_fails_the_job(fake: FakeServer) -> None:
+    registry = ModelRepository(fake.runtime.db)
+    model = registry.get("tiny-sdxl")
+    assert model is not None
+    blocker = submit(fake.client, prompt="blocker", steps=30)
+    queued = submit(fake.client, prompt="queued behind")
+    registry.upsert(dataclasses.replace(model, status="missing"))
+    try:
+        events = read_stream(fake.client, queued["id"], timeout=30)
+    finally:
+        registry.upsert(model)
+    job = fake.client.get(queued["links"]["self"]).json()
+    wait_for(fake.client, blocker["id"], {"succeeded"})
+    assert_failed_cleanly(fake, job, events, "MODEL_NOT_READY")
+
+
+def test_a_storage_failure_fails_the_job_and_leaves_no_artifact(fake: FakeServer) -> None:
+    blocker = submit(fake.client, prompt="blocker", steps=30)
+    job = submit(fake.client, prompt="nowhere to write")
+    root = Path(fake.runtime.settings.resolved_storage_url.removeprefix("file://"))
+    (root / "jobs").mkdir(exist_ok=True)
+    (root / "jobs" / job["id"]).write_text("a file where the job's folder should be")
+    events = read_stream(fake.client, job["id"], timeout=30)
+    wait_for(fake.client, blocker["id"], {"succeeded"})
+    assert_failed_cleanly(
+        fake, fake.client.get(job["links"]["self"]).json(), events, "RUNNER_ERROR"
+    )
+
+
+def test_a_running_job_stops_within_one_step_of_the_cancel(fake: FakeServer) -> None:
+    job = submit(fake.client, prompt="cancel me", steps=150)
+    sent_at, events = cancel_while_following(fake.client, job)
+    steps = [e.data["step"] for e in events if "step" in e.data]
+    assert steps[-1] - sent_at <= 1, (sent_at, steps)
+    done = fake.client.get(job["links"]["self"]).json()
+    assert done["status"] == "canceled" and done["error"] is None
+    assert events[-1].data == {**events[-1].data, "status": "canceled", "error": None}
+    assert fake.client.get(job["links"]["artifacts"]).json()["data"] == []
+
+
+def test_a_canceled_queued_job_never_reaches_the_runner(fake: FakeServer) -> None:
+    blocker = submit(fake.client, prompt="blocker", steps=30)
+    queued = submit(fake.client, prompt="never rendered")
+    assert fake.client.post(queued["links"]["cancel"]).json()["status"] == "canceled"
+    wait_for(fake.client, blocker["id"], {"succeeded"})
+    time.sleep(0.1)
+    assert "never rendered" not in [prompt for prompt, _ in fake.runner.rendered]
+    assert fake.client.get(queued["links"]["self"]).json()["attempts"] == 0
+
+
+def test_a_resumed_stream_gets_the_progress_of_a_running_job_at_once(fake: FakeServer) -> None:
+    job = submit(fake.client, prompt="long", steps=150)
+    head = read_stream(fake.client, job["id"], until=lambda e: e.data.get("step", 0) >= 50)
+    time.sleep(0.6)  # past progress_persist_s, so the job row has moved on
+    resumed = read_stream(fake.client, job["id"], last_event_id=durable(head)[-1].id, limit=1)
+    assert resumed[0].type == "progress" and resumed[0].id is None
+    assert resumed[0].data["progress"] > head[-1].data["progress"]  # where it is now
+    assert "step" not in resumed[0].data  # a snapshot, not a step
+    fake.client.post(job["links"]["cancel"])
+    wait_for(fake.client, job["id"], {"canceled"})
+
+
+def test_live_progress_reaches_a_stream_within_a_step(fake: FakeServer) -> None:
+    job = submit(fake.client, prompt="watched", steps=20)
+    arrivals: list[float] = []
+    read_stream(
+        fake.client,
+        job["id"],
+        until=lambda e: bool("step" in e.data and arrivals.append(time.monotonic())),
+    )
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # Steps take 10 ms; the log is only re-read every 2 s, so a stream that waited for
+    # the database instead of the notifier would see gaps of seconds.
+    assert len(arrivals) >= 10 and max(gaps) < 0.5, gaps
+
+
+# -- the lifecycle alone, on the same database: what a second worker would do ----------
+
+
+def lifecycle(fake: FakeServer, worker_id: str, runner: FakeRunner) -> JobLifecycle:
+    runtime = fake.runtime
+    models = ModelRegistry(ModelRepository(runtime.db))
+    driver = StepDriver(runtime.jobs, runtime.writer, models, runtime.storage, runner, 0.5)
+    lease = LeaseSettings(worker_id, lease_s=0.3, heartbeat_s=0.05, time_limit_s=30)
+    return JobLifecycle(runtime.jobs, runtime.writer, runtime.notifier, driver, lease)
+
+
+def test_a_job_delivered_twice_runs_once(fake: FakeServer) -> None:
+    job = submit(fake.client, prompt="delivered twice")
+    wait_for(fake.client, job["id"], {"succeeded"})
+    other = FakeRunner()
+    assert lifecycle(fake, "second-worker", other).run(job["id"]) is None
+    assert other.rendered == []
+    done = fake.client.get(job["links"]["self"]).json()
+    assert done["attempts"] == 1
+    assert len(fake.client.get(job["links"]["artifacts"]).json()["data"]) == 1
+
+
+def test_a_worker_that_lost_its_lease_stops_and_leaves_the_job_to_another(
+    fake: FakeServer,
+) -> None:
+    # A job that is in the database but was never sent, so only these workers see it.
+    template = fake.runtime.jobs.get(submit(fake.client, prompt="template")["id"])
+    assert template is not None
+    job_id = str(uuid.uuid4())
+    fake.runtime.jobs.create(job_id, template.spec.model_copy(update={"steps": 300}), [])
+
+    slow_runner = FakeRunner(step_s=0.01)
+    slow = lifecycle(fake, "slow-worker", slow_runner)
+    outcome: list[JobStatus | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(slow.run(job_id)))
+    thread.start()
+    time.sleep(0.2)
+    assert fake.runtime.reaper.requeue_orphans(expired_before=None) == [job_id]
+    thread.join(5)
+    assert outcome == [None]  # it stopped, and did not finish what is no longer its job
+    assert slow_runner.rendered == []
+
+    assert lifecycle(fake, "second-worker", FakeRunner()).run(job_id) is JobStatus.SUCCEEDED
+    final = fake.client.get(f"/v1/jobs/{job_id}").json()
+    assert final["attempts"] == 2 and final["status"] == "succeeded"
+    logs = fake.client.get(f"/v1/jobs/{job_id}/logs").text
+    assert "worker slow-worker was lost during attempt 1" in logs
+    assert len(fake.client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]) == 1
