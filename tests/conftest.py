@@ -233,3 +233,17 @@ def live(
     for worker in workers:
         if worker.alive():
             worker.signal(signal.SIGTERM)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A run that skipped a profile must not look green at a glance: say so loudly."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "skipped"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.section("NOT TESTED", sep="!", red=True, bold=True)
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{count} test(s) did not run: {reason}", red=True, bold=True)

@@ -41,10 +41,18 @@ def read_stream(
     matches ``until``."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
     events: list[Event] = []
+    # Heartbeats reset the read timeout, so a stream that never ends would never time
+    # out: the whole read has a deadline of its own.
+    deadline = time.monotonic() + timeout
     with connect_sse(
         client, "GET", f"/v1/jobs/{job_id}/progress/stream", headers=headers, timeout=timeout
     ) as source:
         for sse in source.iter_sse():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the stream of job {job_id} went on past {timeout}s; last events: "
+                    f"{events[-3:]}"
+                )
             if not sse.data:
                 # httpx-sse dispatches heartbeat comments as empty events; the spec says
                 # an empty data buffer dispatches nothing.

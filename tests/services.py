@@ -91,6 +91,9 @@ class SeaweedFS:
             f"-s3.port={self.s3_port}",
             f"-s3.port.grpc={free_port()}",
             f"-s3.config={config}",
+            # Side servers that default to fixed ports: off, so two runs never collide.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-master.telemetry=false",
             "-volume.max=100",
         ]

@@ -13,6 +13,7 @@ import pytest
 from dreamforge.artifacts.s3 import S3Storage
 from dreamforge.artifacts.storage import LocalStorage
 from dreamforge.config import Settings
+from dreamforge.queue.broker import GPU_QUEUE
 from tests.conftest import ApiThread, LiveServer, free_port, register_tiny
 from tests.helpers import (
     cancel_while_following,
@@ -45,13 +46,18 @@ def test_a_job_delivered_many_times_runs_once(live: LiveServer) -> None:
     for _ in range(3):  # what a broker's redelivery looks like to the worker
         live.runtime.tasks.enqueue_job(job["id"])
     events = read_stream(live.client, job["id"])
+    # Every delivery is consumed (acknowledged) before anything is counted: a second run
+    # would otherwise still be under way, unseen.
+    live.runtime.tasks.broker.join(GPU_QUEUE, timeout=60_000)
     done = live.client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded" and done["attempts"] == 1
-    assert [e.data["status"] for e in events if e.type == "status"] == [
+    replay = read_stream(live.client, job["id"])
+    assert [e.data["status"] for e in replay if e.type == "status"] == [
         "queued",
         "running",
         "succeeded",
     ]
+    assert replay == durable(events)
     steps = [e.data["step"] for e in events if "step" in e.data]
     assert steps == list(range(steps[0], 31))  # one run: no step twice
     assert stored_keys(live, job["id"]) == [f"jobs/{job['id']}/00-generate/000.png"]
