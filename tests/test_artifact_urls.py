@@ -7,6 +7,7 @@ in the distributed one they are S3 presigned URLs and S3 itself refuses.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import httpx
@@ -31,6 +32,15 @@ def _with(url: str, **changes: str | int) -> str:
 
 def test_the_signed_url_works(artifact: dict[str, str]) -> None:
     assert httpx.get(artifact["url"]).status_code == 200
+
+
+def test_a_listing_says_when_its_urls_expire(live: LiveServer) -> None:
+    job, _ = run_to_end(live.client)
+    before = datetime.now(UTC)
+    listed = live.client.get(job["links"]["artifacts"]).json()["data"][0]
+    expires_at = datetime.fromisoformat(listed["url_expires_at"])
+    ttl = timedelta(seconds=live.runtime.settings.artifact_url_ttl_s)
+    assert before + ttl - timedelta(seconds=5) <= expires_at <= datetime.now(UTC) + ttl
 
 
 def _tampered(url: str, part: str) -> str:

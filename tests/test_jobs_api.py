@@ -66,6 +66,16 @@ def test_the_png_carries_an_a1111_and_a_full_receipt(live: LiveServer) -> None:
     assert set(receipt.versions) >= {"diffusers", "torch", "transformers", "dreamforge"}
 
 
+def test_a_created_job_is_located_by_its_self_link(live: LiveServer) -> None:
+    response = live.client.post("/v1/jobs", json={"prompt": "located"})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == job["links"]["self"]
+    assert job["links"]["self"] == f"{live.url}/v1/jobs/{job['id']}"
+    assert live.client.get(response.headers["location"]).json()["id"] == job["id"]
+    wait_for(live.client, job["id"], {"succeeded"})
+
+
 def test_an_omitted_seed_is_drawn_and_recorded(live: LiveServer) -> None:
     first = submit(live.client)
     second = submit(live.client)
@@ -137,8 +147,8 @@ def test_logs_are_ndjson_with_tail_and_since(live: LiveServer) -> None:
 
     cut = lines[2]["ts"]
     since_ts = live.client.get(job["links"]["logs"], params={"since": cut}).text.splitlines()
-    assert all(json.loads(t)["ts"] > cut for t in since_ts)
-    assert len(since_ts) < len(lines)
+    expected = [line["seq"] for line in lines if line["ts"] > cut]
+    assert [json.loads(t)["seq"] for t in since_ts] == expected and expected
 
 
 def test_same_spec_and_seed_give_identical_bytes(live: LiveServer) -> None:

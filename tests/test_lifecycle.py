@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import shutil
 import threading
 import time
 import uuid
@@ -17,10 +18,11 @@ import httpx
 import pytest
 
 from dreamforge.config import Settings
+from dreamforge.domain.clock import utcnow
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
-from dreamforge.runtime import Runtime
+from dreamforge.runtime import DataDirInUse, Runtime
 from dreamforge.store.models import ModelRepository
 from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
 from dreamforge.worker.steps import StepDriver
@@ -195,7 +197,9 @@ def lifecycle(fake: FakeServer, worker_id: str, runner: FakeRunner) -> JobLifecy
     models = ModelRegistry(ModelRepository(runtime.db))
     driver = StepDriver(runtime.jobs, runtime.writer, models, runtime.storage, runner, 0.5)
     lease = LeaseSettings(worker_id, lease_s=0.3, heartbeat_s=0.05, time_limit_s=30)
-    return JobLifecycle(runtime.jobs, runtime.writer, runtime.notifier, driver, lease)
+    return JobLifecycle(
+        runtime.jobs, runtime.writer, runtime.notifier, driver, lease, runtime.tasks.enqueue_job
+    )
 
 
 def test_a_job_delivered_twice_runs_once(fake: FakeServer) -> None:
@@ -235,3 +239,56 @@ def test_a_worker_that_lost_its_lease_stops_and_leaves_the_job_to_another(
     logs = fake.client.get(f"/v1/jobs/{job_id}/logs").text
     assert "worker slow-worker was lost during attempt 1" in logs
     assert len(fake.client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]) == 1
+
+
+def test_a_long_job_keeps_its_lease_alive(fake: FakeServer) -> None:
+    template = fake.runtime.jobs.get(submit(fake.client, prompt="template")["id"])
+    assert template is not None
+    job_id = str(uuid.uuid4())
+    fake.runtime.jobs.create(job_id, template.spec.model_copy(update={"steps": 100}), [])
+    steady = lifecycle(fake, "steady-worker", FakeRunner(step_s=0.01))  # lease 0.3 s
+    outcome: list[JobStatus | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(steady.run(job_id)))
+    thread.start()
+    reaped: list[str] = []
+    while thread.is_alive():  # a reaper sweeping far more often than any real one
+        reaped += fake.runtime.reaper.requeue_orphans(expired_before=utcnow())
+        time.sleep(0.05)
+    thread.join()
+    assert reaped == [] and outcome == [JobStatus.SUCCEEDED]
+
+
+def test_a_data_dir_serves_one_embedded_worker_at_a_time(fake: FakeServer) -> None:
+    second = Runtime.build(fake.runtime.settings)
+    try:
+        with pytest.raises(DataDirInUse):
+            second.start_embedded_worker(FakeRunner())
+    finally:
+        second.stop()
+
+
+def test_readiness_fails_when_storage_or_the_worker_thread_fails(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", port=free_port())  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    with (
+        ApiThread(settings, run_worker=True, runner=FakeRunner()) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        assert client.get("/readyz").status_code == 200
+        root = tmp_path / "data" / "artifacts"
+        shutil.rmtree(root)
+        root.write_text("not a folder")
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["storage"].startswith("error")
+        root.unlink()
+        root.mkdir()
+        assert client.get("/readyz").status_code == 200
+
+        worker = api.runtime._worker
+        assert worker is not None
+        worker.consumer.stop(timeout=5_000)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["queue"] == "error: the worker thread has stopped"

@@ -164,7 +164,9 @@ class Runtime:
             heartbeat_s=self.settings.heartbeat_s,
             time_limit_s=self.settings.job_time_limit_s,
         )
-        lifecycle = JobLifecycle(self.jobs, self.writer, self.notifier, driver, lease)
+        lifecycle = JobLifecycle(
+            self.jobs, self.writer, self.notifier, driver, lease, self.tasks.enqueue_job
+        )
         self.tasks.attach(run_job=lifecycle.run)
         consumer = brokers.consumer(self.tasks.broker, queues)
         reaper = ReaperLoop(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import datetime
 
+from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import NotFound
 from dreamforge.domain.events import EventType, JobEvent, ProgressData
 from dreamforge.domain.jobs import JobStatus
@@ -54,7 +55,7 @@ class JobEvents:
             replay = await asyncio.to_thread(self._jobs.events, job_id, after)
             if job.status is JobStatus.RUNNING:
                 snapshot = ProgressData(progress=job.progress, stage=job.stage)
-                replay.append(JobEvent.live(job_id, snapshot, job.started_at or job.created_at))
+                replay.append(JobEvent.live(job_id, snapshot, utcnow()))
             async for batch in self._in_order(job_id, after, replay, subscription):
                 yield batch
 

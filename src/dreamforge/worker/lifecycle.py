@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -61,12 +62,14 @@ class JobLifecycle:
         notifier: Notifier,
         driver: StepDriver,
         settings: LeaseSettings,
+        enqueue: Callable[[str], None],
     ) -> None:
         self._jobs = jobs
         self._writer = writer
         self._notifier = notifier
         self._driver = driver
         self._settings = settings
+        self._enqueue = enqueue
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -132,6 +135,8 @@ class JobLifecycle:
         return Tick.CANCEL if watch.cancel_seen else Tick.CONTINUE
 
     def _requeue(self, job: Job) -> JobStatus | None:
+        """Hand the job back (this worker is stopping) and send it again at once, so that
+        another worker takes it now rather than when the reaper notices."""
         released = self._writer.transition(
             job.id,
             REQUEUE,
@@ -147,7 +152,13 @@ class JobLifecycle:
             stage=Stage.QUEUED.value,
             progress=0.0,
         )
-        return JobStatus.QUEUED if released is not None else None
+        if released is None:
+            return None
+        try:
+            self._enqueue(job.id)
+        except Exception:  # the broker is going away too: the reaper sends it later
+            logger.warning("job.resend_failed", job_id=job.id, exc_info=True)
+        return JobStatus.QUEUED
 
     def _finish(self, job: Job, outcome: JobOutcome, elapsed_s: float) -> JobStatus | None:
         events: list[EventData] = []
