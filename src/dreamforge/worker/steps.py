@@ -146,6 +146,7 @@ class _StepRun:
             progress=progress,
         )
         self._unsaved = None
+        self._last_persist = time.monotonic()  # the figure was just written
 
     def _relay(self, message: RunnerMessage) -> None:
         if isinstance(message, StepDone):
