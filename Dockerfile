@@ -4,7 +4,8 @@ FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    DREAMFORGE_DATA_DIR=/data
+    DREAMFORGE_DATA_DIR=/data \
+    DREAMFORGE_PUBLIC_URL=http://localhost:8000
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -37,6 +37,13 @@ class DreamForgeProcess:
         assert self.process is not None
         os.kill(self.process.pid, sig)
         self.process.wait(timeout)
+        self.assert_no_secret_logged()
+
+    def assert_no_secret_logged(self) -> None:
+        """No secret of its settings may reach its log, whatever happened in the run."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        leaked = [s for s in self.settings.secrets() if s in text]
+        assert leaked == [], f"{self.log} shows secrets: {[s[:3] + '…' for s in leaked]}"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

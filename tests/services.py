@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from dreamforge.config import Settings
 
@@ -39,7 +40,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process these settings (12-factor)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DREAMFORGE_")}
     for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"DREAMFORGE_{name.upper()}"] = str(value)
+        secret = isinstance(value, SecretStr)
+        env[f"DREAMFORGE_{name.upper()}"] = value.get_secret_value() if secret else str(value)
     return env
 
 

@@ -44,7 +44,10 @@ def _configure_logging() -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper("iso"),
-            structlog.dev.ConsoleRenderer(colors=False),
+            # Plain tracebacks: rich's show every frame's locals, settings and secrets included.
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            ),
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
     )
@@ -69,13 +72,26 @@ def serve(
         f"[bold green]Dream Forge[/] is starting at [link={url}]{url}[/link] "
         f"(API docs: {url}/docs, data: {settings.data_dir.resolve()})"
     )
+    _warn_if_links_point_nowhere(settings)
     uvicorn.run(
         create_app(runtime, run_worker=True),
         host=settings.host,
         port=settings.port,
         log_level="info",
         timeout_graceful_shutdown=10,
+        proxy_headers=settings.trust_forwarded_headers,
     )
+
+
+def _warn_if_links_point_nowhere(settings: Settings) -> None:
+    if settings.host in ("0.0.0.0", "::") and not (
+        settings.public_url or settings.trust_forwarded_headers
+    ):
+        console.print(
+            f"[yellow]warning:[/] serving on all interfaces, but links will say "
+            f"http://{settings.host}:{settings.port}; set DREAMFORGE_PUBLIC_URL to the address "
+            "clients use"
+        )
 
 
 @app.command()
@@ -94,11 +110,13 @@ def api(
     runtime = Runtime.build(settings)
     runtime.prepare()
     console.print(f"[bold green]Dream Forge API[/] at http://{settings.host}:{settings.port}")
+    _warn_if_links_point_nowhere(settings)
     options = {
         "host": settings.host,
         "port": settings.port,
         "log_level": "info",
         "timeout_graceful_shutdown": 10,
+        "proxy_headers": settings.trust_forwarded_headers,
     }
     if workers == 1:
         uvicorn.run(create_app(runtime), **options)  # type: ignore[arg-type]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,7 +35,7 @@ class Settings(BaseSettings):
         "by another address than the workers do.",
     )
     s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
 
     redis_namespace: str = Field("dreamforge", description="Prefix of every Redis key and channel.")
@@ -44,14 +46,23 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    public_url: str | None = Field(None, description="Base URL clients use; default from request.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL of the links the API returns; default http://HOST:PORT. Set it "
+        "when clients reach the API by another address (a proxy, another host name).",
+    )
+    trust_forwarded_headers: bool = Field(
+        False,
+        description="Build links from the request's Host and X-Forwarded-* headers, as a "
+        "proxy in front sets them; only behind a proxy that overwrites them.",
+    )
 
     default_model_id: str = "tiny-sdxl"
     max_width: int = Field(2048, ge=64)
     max_height: int = Field(2048, ge=64)
     max_steps: int = Field(150, ge=1)
 
-    signing_key: str | None = Field(None, description="HMAC key for artifact URLs.")
+    signing_key: SecretStr | None = Field(None, description="HMAC key for artifact URLs.")
     artifact_url_ttl_s: int = Field(3600, ge=1)
 
     lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts.")
@@ -64,6 +75,21 @@ class Settings(BaseSettings):
     )
     sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
     job_time_limit_s: float = Field(3600, gt=0, description="Hard limit on one job's run.")
+
+    def __repr_args__(self) -> Any:
+        # Settings end up in reprs (a traceback, a debugger): URLs show no password there.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name and name.endswith("_url") else value
+
+    def secrets(self) -> list[str]:
+        """Every secret value set here, for checks that none of them leaks."""
+        values = [self.signing_key, self.s3_secret_access_key]
+        found = [v.get_secret_value() for v in values if v is not None]
+        for url in (self.database_url, self.broker_url, self.storage_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                found.append(password)
+        return found
 
     @property
     def resolved_database_url(self) -> str:
@@ -81,10 +107,21 @@ class Settings(BaseSettings):
     def resolved_signing_key(self) -> bytes:
         """The configured key, else one generated once and kept in the data dir."""
         if self.signing_key:
-            return self.signing_key.encode()
+            return self.signing_key.get_secret_value().encode()
         path = self.data_dir / "signing.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+
+def redact_url(value: Any) -> Any:
+    """``value`` with the password of a URL replaced by ``***``; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    parts = urlsplit(value)
+    if not parts.password:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

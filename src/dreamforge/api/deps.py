@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from dreamforge.domain.jobs import MODEL_ID_PATTERN
 from dreamforge.events.follow import JobEvents
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runtime import Runtime
@@ -22,8 +23,14 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _base_url(request: Request) -> str:
-    configured = _runtime(request).settings.public_url
-    return (configured or str(request.base_url)).rstrip("/")
+    """Where links point: configured, never taken from what a client sent (the Host header
+    is the client's to choose) unless a trusted proxy in front sets it."""
+    settings = _runtime(request).settings
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    if settings.trust_forwarded_headers:
+        return str(request.base_url).rstrip("/")
+    return f"http://{settings.host}:{settings.port}"
 
 
 def _jobs(request: Request) -> JobService:
@@ -49,6 +56,16 @@ def _readiness(request: Request) -> Readiness:
 def _sse_ping_s(request: Request) -> float:
     return _runtime(request).settings.sse_ping_s
 
+
+# Identifiers in paths are checked before anything looks them up: a NUL byte or a
+# megabyte of text is a bad request, not a database error.
+JobId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A job id the API returned.")
+]
+ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="A registered model id.")]
+ArtifactKey = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9._/-]{1,512}$", description="From the artifact's signed URL.")
+]
 
 BaseUrl = Annotated[str, Depends(_base_url)]
 Jobs = Annotated[JobService, Depends(_jobs)]

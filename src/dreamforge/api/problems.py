@@ -8,7 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from dreamforge.domain.errors import (
@@ -85,6 +85,7 @@ def _fix_for(error: dict[str, Any]) -> str:
         "extra_forbidden": "remove this field; /openapi.json lists the accepted fields",
         "json_invalid": "send a valid JSON body",
         "model_attributes_type": "send a JSON object",
+        "string_pattern_mismatch": "use an id as the API returned it (letters, digits, - and _)",
     }
     if kind in fixes:
         return fixes[kind]
@@ -133,9 +134,15 @@ def install(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: Exception) -> JSONResponse:
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Only a database that cannot be reached is an outage (503); any other database
+        # error is a bug of ours, reported as one.
+        if (
+            not isinstance(exc, OperationalError | InterfaceError)
+            and not exc.connection_invalidated
+        ):
+            return await _unexpected(request, exc)
         log.warning("api.database_unavailable", error=str(exc).splitlines()[0])
         return problem(
             503,

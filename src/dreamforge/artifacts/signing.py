@@ -19,4 +19,6 @@ class UrlSigner:
         """True only for an unexpired URL whose signature matches exactly."""
         if expires < time.time():
             return False
-        return hmac.compare_digest(self.sign(key, expires), signature)
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a client chose these.
+        given = signature.encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(self.sign(key, expires).encode(), given)

@@ -83,7 +83,11 @@ def open_storage(settings: Settings, signer: UrlSigner) -> ArtifactStorage:
             endpoint_url=settings.s3_endpoint_url,
             public_endpoint_url=settings.s3_public_endpoint_url,
             access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
+            secret_access_key=(
+                settings.s3_secret_access_key.get_secret_value()
+                if settings.s3_secret_access_key
+                else None
+            ),
             region=settings.s3_region,
         )
     raise ValueError(f"unsupported storage URL {url!r}: use file:///dir or s3://bucket/prefix")

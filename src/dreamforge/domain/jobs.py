@@ -86,6 +86,7 @@ SAMPLER_NAMES: dict[Scheduler, str] = {
 }
 
 MAX_SEED = 2**32 - 1
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 Dimension = Annotated[int, Field(ge=64, multiple_of=8)]
 
@@ -103,7 +104,9 @@ class JobRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=30, description="CFG scale.")
     scheduler: Scheduler | None = Field(None, description="Sampler.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Omit for a random seed.")
-    model_id: str | None = Field(None, min_length=1, description="Default: the server's model.")
+    model_id: str | None = Field(
+        None, pattern=MODEL_ID_PATTERN, description="Default: the server's model."
+    )
 
 
 class ModelDefaults(BaseModel):

@@ -8,7 +8,7 @@ from contextlib import closing
 from datetime import datetime
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.errors import NotFound
+from dreamforge.domain.errors import FieldProblem, InvalidRequest, NotFound
 from dreamforge.domain.events import EventType, JobEvent, ProgressData
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.records import Job
@@ -30,6 +30,21 @@ class JobEvents:
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound("job", job_id)
+        return job
+
+    def resumable(self, job_id: str, after: int, field: str) -> Job:
+        """The job, if a stream may resume after event ``after`` of it."""
+        job = self.job(job_id)
+        if after > job.last_seq:
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        field,
+                        f"{after} is past the job's last event ({job.last_seq})",
+                        "resume with the id of an event you received, or from 0",
+                    )
+                ]
+            )
         return job
 
     def log_lines(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from dreamforge.api.deps import Artifacts, BaseUrl
+from dreamforge.api.deps import ArtifactKey, Artifacts, BaseUrl, JobId
 from dreamforge.api.schemas import ArtifactListOut, ArtifactOut, problem_responses
 from dreamforge.services.artifacts import ArtifactLink
 
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["artifacts"])
     summary="A job's images, with signed URLs",
     responses=problem_responses(404, 503),
 )
-def list_artifacts(job_id: str, artifacts: Artifacts, base: BaseUrl) -> ArtifactListOut:
+def list_artifacts(job_id: JobId, artifacts: Artifacts, base: BaseUrl) -> ArtifactListOut:
     return ArtifactListOut(data=[artifact_out(link) for link in artifacts.list(job_id, base)])
 
 
@@ -54,7 +54,7 @@ def artifact_out(link: ArtifactLink) -> ArtifactOut:
     },
 )
 def download(
-    key: str,
+    key: ArtifactKey,
     artifacts: Artifacts,
     expires: Annotated[int, Query(description="From the signed URL")],
     signature: Annotated[str, Query(description="From the signed URL")],

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
-from dreamforge.api.deps import BaseUrl, Jobs
+from dreamforge.api.deps import BaseUrl, JobId, Jobs
 from dreamforge.api.schemas import (
     SPEC_EXAMPLE,
     ErrorOut,
@@ -92,7 +92,7 @@ def list_jobs(
 @router.get(
     "/{job_id}", response_model=JobOut, summary="Get a job", responses=problem_responses(404, 503)
 )
-def get_job(job_id: str, jobs: Jobs, base: BaseUrl) -> JobOut:
+def get_job(job_id: JobId, jobs: Jobs, base: BaseUrl) -> JobOut:
     return job_out(jobs.get(job_id), base)
 
 
@@ -105,7 +105,7 @@ def get_job(job_id: str, jobs: Jobs, base: BaseUrl) -> JobOut:
         **problem_responses(404, 409, 503),
     },
 )
-def cancel_job(job_id: str, response: Response, jobs: Jobs, base: BaseUrl) -> JobOut:
+def cancel_job(job_id: JobId, response: Response, jobs: Jobs, base: BaseUrl) -> JobOut:
     """A queued job is canceled at once (200); a running one is asked to stop (202)."""
     job = jobs.cancel(job_id)
     if job.status is JobStatus.RUNNING:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from dreamforge.api.deps import Events
+from dreamforge.api.deps import Events, JobId
 from dreamforge.api.schemas import MAX_SEQ, problem_responses
 from dreamforge.api.wire import ndjson_lines
 from dreamforge.domain.errors import FieldProblem, InvalidRequest
@@ -70,7 +70,7 @@ def _parse_since(since: str) -> tuple[int, datetime | None]:
     },
 )
 def logs(
-    job_id: str,
+    job_id: JobId,
     events: Events,
     tail: Annotated[int | None, Query(ge=1, le=10_000, description="Only the last N")] = None,
     since: Annotated[str | None, Query(description="After this seq or ISO 8601 time")] = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from dreamforge.api.deps import Models
+from dreamforge.api.deps import ModelId, Models
 from dreamforge.api.schemas import ModelListOut, ModelOut, problem_responses
 from dreamforge.domain.errors import ErrorCode, NotFound
 from dreamforge.domain.records import Model
@@ -39,7 +39,7 @@ def list_models(models: Models) -> ModelListOut:
     summary="Get a model",
     responses=problem_responses(404, 503),
 )
-def get_model(model_id: str, models: Models) -> ModelOut:
+def get_model(model_id: ModelId, models: Models) -> ModelOut:
     model = models.get(model_id)
     if model is None:
         raise NotFound("model", model_id, code=ErrorCode.MODEL_NOT_FOUND)

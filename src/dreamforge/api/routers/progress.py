@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from dreamforge.api.deps import Events, Jobs, SsePing
+from dreamforge.api.deps import Events, JobId, Jobs, SsePing
 from dreamforge.api.schemas import MAX_SEQ, ErrorOut, ProgressOut, problem_responses
 from dreamforge.api.wire import sse_frames
 from dreamforge.domain.progress import STAGE_WEIGHTS
@@ -38,7 +38,7 @@ data: {"seq": 14, "type": "done", "ts": "2026-11-29T08:00:02Z", "status": "succe
     summary="Progress snapshot",
     responses=problem_responses(404, 503),
 )
-def progress(job_id: str, jobs: Jobs) -> ProgressOut:
+def progress(job_id: JobId, jobs: Jobs) -> ProgressOut:
     job = jobs.get(job_id)
     return ProgressOut(
         job_id=job.id,
@@ -69,11 +69,12 @@ def progress(job_id: str, jobs: Jobs) -> ProgressOut:
     },
 )
 async def stream(
-    job_id: str,
+    job_id: JobId,
     events: Events,
     ping_s: SsePing,
     last_event_id: Annotated[
-        int | None, Header(ge=0, le=MAX_SEQ, description="Resume after this id")
+        int | None,
+        Header(alias="Last-Event-ID", ge=0, le=MAX_SEQ, description="Resume after this id"),
     ] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="Same as Last-Event-ID")
@@ -84,8 +85,9 @@ async def stream(
     replay. Denoising progress is live only: its events carry no ``id``. Idle streams get
     a comment heartbeat; the stream ends after ``done``, or at once when the job has
     ended and nothing is left after ``Last-Event-ID``."""
-    await run_in_threadpool(events.job, job_id)  # 404 before the stream opens
     start = last_event_id if last_event_id is not None else (after or 0)
+    field = "Last-Event-ID" if last_event_id is not None else "after"
+    await run_in_threadpool(events.resumable, job_id, start, field)  # 404/422 before it opens
 
     async def messages() -> AsyncIterator[bytes]:
         async for batch in events.follow(job_id, start):
