@@ -33,9 +33,9 @@ def test_a_queued_job_is_canceled_at_once_and_never_runs(live: LiveServer) -> No
 
 
 def test_a_running_job_stops_within_one_step(live: LiveServer) -> None:
-    # 128px steps (~0.1 s here, about an SDXL step on a GPU) outlast the cancel's trip from
-    # the client through the API (and Redis) to the worker.
-    job = submit(live.client, **LONG, width=128, height=128)
+    # 256px steps (0.1-0.2 s here, about an SDXL step on a GPU) outlast the cancel's trip
+    # from the client through the API (and Redis) to the worker.
+    job = submit(live.client, **LONG, width=256, height=256)
     sent_at, events = cancel_while_following(live.client, job)
     done = wait_for(live.client, job["id"], {"canceled"}, timeout=30)
     assert done["error"] is None and done["finished_at"]

@@ -107,9 +107,10 @@ def test_cancel_through_one_api_stops_the_worker(
     clients: tuple[httpx.Client, httpx.Client],
 ) -> None:
     on_a, on_b = clients
-    # 128px steps (~0.1 s here, like an SDXL step on a GPU) outlast the trip of the cancel
-    # signal through Redis even on a loaded machine; 64px steps (~0.04 s) sometimes do not.
-    job = submit(on_a, steps=150, width=128, height=128)
+    # 256px steps (0.1-0.2 s here, like an SDXL step on a GPU) outlast the trip of the
+    # cancel through an API, PostgreSQL and Redis even on a loaded machine; 128px steps
+    # (~0.03 s when the machine is idle) did not always.
+    job = submit(on_a, steps=150, width=256, height=256)
     job["links"]["cancel"] = f"{on_b.base_url}/v1/jobs/{job['id']}/cancel"  # through B
     sent_at, events = cancel_while_following(on_a, job)
     done = wait_for(on_a, job["id"], {"canceled"}, timeout=30)

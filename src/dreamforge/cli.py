@@ -8,7 +8,7 @@ import signal
 import threading
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import structlog
 import typer
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from dreamforge.config import Settings
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
+
+if TYPE_CHECKING:
+    from dreamforge.models.registry import ModelRegistry
 
 app = typer.Typer(help="Dream Forge: an API-first render fabric for SDXL.", no_args_is_help=True)
 model_app = typer.Typer(help="Manage the model registry.", no_args_is_help=True)
@@ -206,9 +209,7 @@ def model_create_tiny(
     )
 
 
-@model_app.command("list")
-def model_list(data_dir: DataDir = None) -> None:
-    """Show the registered models."""
+def _registry(data_dir: Path | None) -> tuple[Settings, ModelRegistry]:
     from dreamforge.models.registry import ModelRegistry
     from dreamforge.store.db import Database
     from dreamforge.store.models import ModelRepository
@@ -216,17 +217,100 @@ def model_list(data_dir: DataDir = None) -> None:
     settings = _settings(data_dir)
     db = Database(settings.resolved_database_url)
     db.upgrade()
-    table = Table("id", "status", "format", "size", "sha256", "source")
-    for model in ModelRegistry(ModelRepository(db)).list():
+    return settings, ModelRegistry(ModelRepository(db))
+
+
+def _refused(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {exc}")
+    return typer.Exit(1)
+
+
+@model_app.command("add")
+def model_add(
+    path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors file")],
+    model_id: Annotated[str | None, typer.Option("--id", help="Default: from the name")] = None,
+    link: Annotated[bool, typer.Option(help="Link to the files instead of copying")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Register a local SDXL model: checked, copied into the models dir, hashed."""
+    from dreamforge.models.formats import UnsupportedModel
+
+    settings, registry = _registry(data_dir)
+    try:
+        model = registry.add(
+            path, settings.models_dir, model_id, link, settings.allow_pickled_weights
+        )
+    except UnsupportedModel as exc:
+        raise _refused(exc) from exc
+    console.print(
+        f"registered [bold]{model.id}[/] ({model.base}, {model.format}, "
+        f"{model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]}…) at {model.path}"
+    )
+
+
+@model_app.command("list")
+def model_list(data_dir: DataDir = None) -> None:
+    """Show the registered models."""
+    _, registry = _registry(data_dir)
+    table = Table("id", "status", "architecture", "format", "size", "sha256", "source")
+    for model in registry.list():
         table.add_row(
             model.id,
             model.status,
+            model.base,
             model.format,
             f"{model.size_bytes / 1e6:.1f} MB",
             model.sha256[:12],
             model.source,
         )
     console.print(table)
+
+
+@model_app.command("show")
+def model_show(model_id: str, data_dir: DataDir = None) -> None:
+    """Everything the registry knows of one model, files and hashes included."""
+    _, registry = _registry(data_dir)
+    model = registry.get(model_id)
+    if model is None:
+        raise _refused(ValueError(f"no model {model_id!r} is registered"))
+    for name in ("id", "status", "base", "format", "source", "revision", "path", "sha256"):
+        console.print(f"{name}: {getattr(model, name)}", soft_wrap=True)
+    console.print(f"defaults: {model.defaults.model_dump(mode='json')}")
+    console.print(f"provenance: {model.provenance}")
+    console.print("files:")
+    for file in model.files:  # whole hashes, unwrapped: people copy them
+        console.print(
+            f"  {file.path}  {file.size_bytes:,} bytes  sha256 {file.sha256}", soft_wrap=True
+        )
+
+
+@model_app.command("verify")
+def model_verify(model_id: str, data_dir: DataDir = None) -> None:
+    """Hash the model's files again against the registry (exit 1 if any differs)."""
+    from dreamforge.models.formats import UnsupportedModel
+
+    _, registry = _registry(data_dir)
+    try:
+        result = registry.verify(model_id)
+    except UnsupportedModel as exc:
+        raise _refused(exc) from exc
+    for problem in result.problems:
+        console.print(f"[red]{problem}[/]")
+    console.print(f"{model_id}: {result.model.status}")
+    raise typer.Exit(0 if result.model.status == "ready" else 1)
+
+
+@model_app.command("remove")
+def model_remove(model_id: str, data_dir: DataDir = None) -> None:
+    """Forget a model and delete its copied files (a linked model's files stay)."""
+    from dreamforge.models.formats import UnsupportedModel
+
+    settings, registry = _registry(data_dir)
+    try:
+        registry.remove(model_id, settings.models_dir)
+    except UnsupportedModel as exc:
+        raise _refused(exc) from exc
+    console.print(f"removed {model_id}")
 
 
 if __name__ == "__main__":

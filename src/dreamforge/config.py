@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     )
 
     default_model_id: str = "tiny-sdxl"
+    allow_pickled_weights: bool = Field(
+        False,
+        description="Accept .ckpt/.pt/.bin weights, which can run code when loaded; only "
+        "for sources you trust.",
+    )
     max_width: int = Field(2048, ge=64)
     max_height: int = Field(2048, ge=64)
     max_steps: int = Field(150, ge=1)

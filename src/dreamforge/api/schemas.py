@@ -156,11 +156,20 @@ class ArtifactListOut(BaseModel):
 MODEL_EXAMPLE: dict[str, Any] = {
     "id": "tiny-sdxl",
     "source": "builtin:tiny-sdxl",
+    "revision": None,
     "format": "diffusers",
     "base": "sdxl",
     "sha256": "3be4…",
     "size_bytes": 15728640,
+    "files": [
+        {
+            "path": "unet/diffusion_pytorch_model.safetensors",
+            "sha256": "9a1c…",
+            "size_bytes": 9_437_184,
+        }
+    ],
     "status": "ready",
+    "provenance": {},
     "defaults": {
         "width": 64,
         "height": 64,
@@ -172,16 +181,25 @@ MODEL_EXAMPLE: dict[str, Any] = {
 }
 
 
+class ModelFileOut(BaseModel):
+    path: str
+    sha256: str
+    size_bytes: int
+
+
 class ModelOut(BaseModel):
     model_config = _examples(MODEL_EXAMPLE)
 
     id: str
     source: str
-    format: str
-    base: str
-    sha256: str
+    revision: str | None = Field(description="The source's revision, where it has one.")
+    format: str = Field(description="diffusers (a folder) or single_file")
+    base: str = Field(description="The architecture: sdxl")
+    sha256: str = Field(description="A single file's sha256, or a folder's file manifest's.")
     size_bytes: int
-    status: str
+    files: list[ModelFileOut]
+    status: str = Field(description="ready, downloading, failed or missing")
+    provenance: dict[str, Any] = Field(description="Where it came from, and when.")
     defaults: ModelDefaults
     created_at: datetime
 

@@ -5,8 +5,9 @@ The store maps them to tables; every other layer reads them from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from dreamforge.domain.errors import JobError
 from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
@@ -65,3 +66,6 @@ class Model:
     defaults: ModelDefaults
     status: str
     created_at: datetime
+    revision: str | None = None
+    # Where it came from: the source's address, when it was fetched, the source's own data.
+    provenance: dict[str, Any] = field(default_factory=dict)

@@ -1,17 +1,20 @@
-"""Registering models: hashing their files and recording them in one step."""
+"""Registering models: checking, copying and hashing their files, then recording them in
+one step, so the registry never holds an entry whose files are not all in place."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.jobs import ModelDefaults, Scheduler
+from dreamforge.domain.jobs import MODEL_ID_PATTERN, ModelDefaults, Scheduler
 from dreamforge.domain.records import Model, ModelFile
+from dreamforge.models.formats import WEIGHT_SUFFIXES, UnsupportedModel, inspect_model
 from dreamforge.store.models import ModelRepository
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 
 # Tiny models are for tests and demos: small images, few steps, so a CPU answers in a second.
 TINY_DEFAULTS = ModelDefaults(
@@ -70,11 +73,129 @@ class ModelRegistry:
             )
         )
 
+    def add(
+        self,
+        source: Path,
+        models_dir: Path,
+        model_id: str | None = None,
+        link: bool = False,
+        allow_pickles: bool = False,
+    ) -> Model:
+        """Register a diffusers folder or a single-file checkpoint: copied into
+        ``models_dir`` (or linked where it is), hashed, then recorded; raises
+        ``UnsupportedModel`` (and keeps nothing) for anything else."""
+        source = source.resolve()
+        found = inspect_model(source, allow_pickles)
+        model_id = model_id or model_id_from(source)
+        if not re.fullmatch(MODEL_ID_PATTERN, model_id):
+            raise UnsupportedModel(f"{model_id!r} is not a usable id: letters, digits, . _ -")
+        if self.get(model_id) is not None:
+            raise UnsupportedModel(f"a model {model_id!r} is registered already; pick another id")
+        home = models_dir / model_id
+        if home.exists():
+            raise UnsupportedModel(f"{home} exists already; remove it or pick another id")
+        placed = home if source.is_dir() else home / source.name
+        staging = models_dir / f".{model_id}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if link:
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                staging.symlink_to(source) if source.is_dir() else _link_file(staging, source)
+            elif source.is_dir():
+                shutil.copytree(source, staging)
+            else:
+                staging.mkdir(parents=True)
+                shutil.copy2(source, staging / source.name)
+            staging.rename(home)
+            sha256, files = hash_weights(placed)
+            return self._repository.upsert(
+                Model(
+                    id=model_id,
+                    source=f"file://{source}",
+                    path=str(placed),
+                    format=found.format,
+                    base=found.architecture,
+                    sha256=sha256,
+                    size_bytes=sum(f.size_bytes for f in files),
+                    files=files,
+                    defaults=ModelDefaults(),
+                    status="ready",
+                    created_at=utcnow(),
+                    provenance={"added_from": str(source), "linked": link},
+                )
+            )
+        except BaseException:
+            _remove_path(staging)
+            _remove_path(home)
+            raise
+
+    def verify(self, model_id: str) -> Verification:
+        """Hash the files again; the entry becomes ``ready`` if they match what was
+        recorded, ``missing`` if any is gone, ``failed`` if any differs."""
+        model = self._get_or_raise(model_id)
+        recorded = {f.path: f.sha256 for f in model.files}
+        root = Path(model.path)
+        problems: list[str] = []
+        missing = False
+        for path, expected in recorded.items():
+            file = root / path if root.is_dir() else root
+            if not file.is_file():
+                problems.append(f"{path}: missing")
+                missing = True
+            elif (actual := file_sha256(file)) != expected:
+                problems.append(f"{path}: sha256 {actual}, expected {expected}")
+        status = "missing" if missing else ("failed" if problems else "ready")
+        if status != model.status:
+            model = self._repository.upsert(dataclasses.replace(model, status=status))
+        return Verification(model, problems)
+
+    def remove(self, model_id: str, models_dir: Path) -> Model:
+        """Forget the model, and delete its files if they live in ``models_dir`` (a linked
+        model's own files stay where they are)."""
+        model = self._get_or_raise(model_id)
+        self._repository.delete(model_id)
+        home = models_dir / model_id
+        if home.is_symlink() or home.exists():
+            _remove_path(home)
+        return model
+
+    def _get_or_raise(self, model_id: str) -> Model:
+        model = self.get(model_id)
+        if model is None:
+            raise UnsupportedModel(f"no model {model_id!r} is registered")
+        return model
+
     def get(self, model_id: str) -> Model | None:
         return self._repository.get(model_id)
 
     def list(self) -> list[Model]:
         return self._repository.list()
+
+
+@dataclass(frozen=True)
+class Verification:
+    model: Model
+    problems: list[str]
+
+
+def model_id_from(source: Path) -> str:
+    """A registry id from a file or folder name: ``Juggernaut XL v9.safetensors`` gives
+    ``juggernaut-xl-v9``."""
+    stem = source.name.removesuffix(".safetensors") if source.is_file() else source.name
+    slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
+    return slug[:128] or "model"
+
+
+def _link_file(staging: Path, source: Path) -> None:
+    staging.mkdir(parents=True)
+    (staging / source.name).symlink_to(source)
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def create_tiny_model(registry: ModelRegistry, models_dir: Path, model_id: str) -> Model:

@@ -24,6 +24,8 @@ def _model(row: ModelRow) -> Model:
         defaults=ModelDefaults.model_validate(row.defaults),
         status=row.status,
         created_at=row.created_at,
+        revision=row.revision,
+        provenance=row.provenance or {},
     )
 
 
@@ -45,9 +47,18 @@ class ModelRepository:
             row.files = [f.__dict__ for f in model.files]
             row.defaults = model.defaults.model_dump(mode="json")
             row.created_at = model.created_at
+            row.revision, row.provenance = model.revision, model.provenance
             session.add(row)
             session.flush()
             return _model(row)
+
+    def delete(self, model_id: str) -> bool:
+        with self._db.transaction() as session:
+            row = session.get(ModelRow, model_id)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
 
     def get(self, model_id: str) -> Model | None:
         # Core, not the ORM: every job submission reads its model.

@@ -51,6 +51,8 @@ class ModelRow(Base):
     defaults: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revision: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobRow(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from dreamforge.api.deps import ModelId, Models
-from dreamforge.api.schemas import ModelListOut, ModelOut, problem_responses
+from dreamforge.api.schemas import ModelFileOut, ModelListOut, ModelOut, problem_responses
 from dreamforge.domain.errors import ErrorCode, NotFound
 from dreamforge.domain.records import Model
 
@@ -16,11 +16,16 @@ def model_out(model: Model) -> ModelOut:
     return ModelOut(
         id=model.id,
         source=model.source,
+        revision=model.revision,
         format=model.format,
         base=model.base,
         sha256=model.sha256,
         size_bytes=model.size_bytes,
+        files=[
+            ModelFileOut(path=f.path, sha256=f.sha256, size_bytes=f.size_bytes) for f in model.files
+        ],
         status=model.status,
+        provenance=model.provenance,
         defaults=model.defaults,
         created_at=model.created_at,
     )

@@ -1,0 +1,121 @@
+"""What a model on disk is: its format and its architecture, read without loading it.
+
+A diffusers folder says what it is in ``model_index.json``; a single-file checkpoint is
+recognised by the names of its tensors, read from the safetensors header alone (the same
+keys diffusers looks for). Pickled weights (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) can
+run code when loaded: they are refused unless the operator opts in.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+PICKLED_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
+WEIGHT_SUFFIXES = frozenset({".safetensors"}) | PICKLED_SUFFIXES
+
+# Tensor names that only one architecture's original checkpoints have (as in diffusers'
+# single-file loader): SDXL's second text encoder, its refiner's, SD 1.x's CLIP.
+SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+SDXL_REFINER_KEY = "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias"
+SD1_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+SD2_KEY = "cond_stage_model.model.transformer.resblocks.9.mlp.c_proj.bias"
+
+PIPELINE_ARCHITECTURES = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionPipeline": "sd1",
+}
+SUPPORTED = frozenset({"sdxl"})
+NAMES = {"sdxl": "SDXL", "sdxl_refiner": "the SDXL refiner", "sd1": "SD 1.x", "sd2": "SD 2.x"}
+
+
+class UnsupportedModel(ValueError):
+    """The files are not a model Dream Forge can run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    format: str  # "diffusers" (a folder) or "single_file"
+    architecture: str
+
+
+def inspect_model(path: Path, allow_pickles: bool = False) -> ModelFormat:
+    """The format and architecture of ``path``; raises ``UnsupportedModel``."""
+    if path.is_dir():
+        found = _diffusers_architecture(path)
+        weights = [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+        if not weights:
+            raise UnsupportedModel(f"{path} holds no weight files")
+        _refuse_pickles([p for p in weights if p.suffix in PICKLED_SUFFIXES], allow_pickles)
+        return ModelFormat("diffusers", _supported(found))
+    if not path.is_file():
+        raise UnsupportedModel(f"{path} does not exist")
+    if path.suffix in PICKLED_SUFFIXES:
+        _refuse_pickles([path], allow_pickles)
+        raise UnsupportedModel(f"{path.name}: only .safetensors single files can be inspected")
+    if path.suffix != ".safetensors":
+        raise UnsupportedModel(
+            f"{path.name} is neither a diffusers folder nor a .safetensors checkpoint"
+        )
+    return ModelFormat("single_file", _supported(_checkpoint_architecture(path)))
+
+
+def _supported(architecture: str) -> str:
+    if architecture not in SUPPORTED:
+        name = NAMES.get(architecture, "an unknown architecture")
+        raise UnsupportedModel(
+            f"this is {name}: not supported yet (Dream Forge runs SDXL models only)"
+        )
+    return architecture
+
+
+def _refuse_pickles(pickled: list[Path], allow_pickles: bool) -> None:
+    if pickled and not allow_pickles:
+        names = ", ".join(sorted(p.name for p in pickled)[:3])
+        raise UnsupportedModel(
+            f"pickled weights ({names}) can run code when loaded; use a .safetensors copy, "
+            "or set DREAMFORGE_ALLOW_PICKLED_WEIGHTS=true if you trust their source"
+        )
+
+
+def _diffusers_architecture(folder: Path) -> str:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UnsupportedModel(f"{folder} has no model_index.json: it is not a diffusers folder")
+    try:
+        pipeline = json.loads(index.read_text())["_class_name"]
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedModel(f"{index} is not a diffusers model index") from exc
+    return PIPELINE_ARCHITECTURES.get(pipeline, "unknown")
+
+
+def safetensors_keys(path: Path) -> set[str]:
+    """The tensor names in a safetensors file, from its JSON header alone."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise UnsupportedModel(f"{path.name} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length > 100_000_000:
+            raise UnsupportedModel(f"{path.name} is not a safetensors file (header too large)")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise UnsupportedModel(f"{path.name} is not a safetensors file") from exc
+    return {key for key in header if key != "__metadata__"}
+
+
+def _checkpoint_architecture(path: Path) -> str:
+    keys = safetensors_keys(path)
+    for key, architecture in (
+        (SDXL_KEY, "sdxl"),
+        (SDXL_REFINER_KEY, "sdxl_refiner"),
+        (SD2_KEY, "sd2"),
+        (SD1_KEY, "sd1"),
+    ):
+        if key in keys:
+            return architecture
+    return "unknown"
