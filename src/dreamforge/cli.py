@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import structlog
 import typer
 import uvicorn
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -245,6 +246,59 @@ def model_add(
     console.print(
         f"registered [bold]{model.id}[/] ({model.base}, {model.format}, "
         f"{model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]}…) at {model.path}"
+    )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+@model_app.command("pull")
+def model_pull(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="hf:ORG/REPO[@REV], hf:ORG/REPO/path/file.safetensors, civitai:VERSION_ID, "
+            "a civitai.com model URL, an AIR URN or an https:// URL"
+        ),
+    ],
+    model_id: Annotated[str | None, typer.Option("--id", help="Default: from the name")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Download a model, verify every file's hash, and register it (resumes if interrupted)."""
+    import httpx
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from dreamforge.models.fetch import DownloadError
+    from dreamforge.models.formats import UnsupportedModel
+    from dreamforge.models.pull import ModelPuller, PullSettings
+    from dreamforge.models.sources import BadSource
+
+    settings, registry = _registry(data_dir)
+    pull_settings = PullSettings(
+        models_dir=settings.models_dir,
+        hf_endpoint=settings.hf_endpoint,
+        civitai_endpoint=settings.civitai_endpoint,
+        allowed_hosts=settings.allowed_download_hosts,
+        max_bytes=settings.max_download_bytes,
+        allow_pickles=settings.allow_pickled_weights,
+        hf_token=_secret(settings.hf_token),
+        civitai_token=_secret(settings.civitai_token),
+    )
+    with (
+        httpx.Client(timeout=60, follow_redirects=False) as client,
+        Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()) as bar,
+    ):
+        task = bar.add_task(source, total=None)
+        try:
+            model = ModelPuller(registry, pull_settings, client).pull(
+                source, model_id, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+        except (BadSource, DownloadError, UnsupportedModel) as exc:
+            raise _refused(exc) from exc
+    console.print(
+        f"registered [bold]{model.id}[/] from {model.source} ({model.base}, {model.format}, "
+        f"{model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]}…)"
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,33 @@ class Settings(BaseSettings):
     )
 
     default_model_id: str = "tiny-sdxl"
+    hf_endpoint: str = Field(
+        "https://huggingface.co",
+        validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"),
+        description="The Hugging Face Hub, or a mirror (HF_ENDPOINT, as huggingface_hub).",
+    )
+    hf_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"), description="Hub token."
+    )
+    civitai_endpoint: str = Field("https://civitai.com", description="CivitAI, or a mirror.")
+    civitai_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CIVITAI_TOKEN", "civitai_token"),
+        description="CivitAI API token.",
+    )
+    download_hosts: list[str] = Field(
+        [
+            "huggingface.co",
+            "*.huggingface.co",
+            "*.hf.co",
+            "civitai.com",
+            "*.civitai.com",
+            "*.r2.cloudflarestorage.com",
+        ],
+        description="Hosts models may be downloaded from, redirects included (shell-style "
+        "patterns); the hosts of hf_endpoint and civitai_endpoint are always allowed.",
+    )
+    max_download_bytes: int = Field(64 * 2**30, gt=0, description="Largest file to download.")
     allow_pickled_weights: bool = Field(
         False,
         description="Accept .ckpt/.pt/.bin weights, which can run code when loaded; only "
@@ -88,7 +115,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value set here, for checks that none of them leaks."""
-        values = [self.signing_key, self.s3_secret_access_key]
+        values = [self.signing_key, self.s3_secret_access_key, self.hf_token, self.civitai_token]
         found = [v.get_secret_value() for v in values if v is not None]
         for url in (self.database_url, self.broker_url, self.storage_url):
             password = urlsplit(url).password if url else None
@@ -103,6 +130,11 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{self.data_dir.resolve() / 'artifacts'}"
+
+    @property
+    def allowed_download_hosts(self) -> list[str]:
+        endpoints = [urlsplit(u).hostname for u in (self.hf_endpoint, self.civitai_endpoint)]
+        return [*self.download_hosts, *(h for h in endpoints if h)]
 
     @property
     def models_dir(self) -> Path:

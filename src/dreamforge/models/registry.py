@@ -9,6 +9,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.jobs import MODEL_ID_PATTERN, ModelDefaults, Scheduler
@@ -85,18 +86,14 @@ class ModelRegistry:
         ``models_dir`` (or linked where it is), hashed, then recorded; raises
         ``UnsupportedModel`` (and keeps nothing) for anything else."""
         source = source.resolve()
-        found = inspect_model(source, allow_pickles)
+        inspect_model(source, allow_pickles)  # refuse before copying anything
         model_id = model_id or model_id_from(source)
         if not re.fullmatch(MODEL_ID_PATTERN, model_id):
             raise UnsupportedModel(f"{model_id!r} is not a usable id: letters, digits, . _ -")
         if self.get(model_id) is not None:
             raise UnsupportedModel(f"a model {model_id!r} is registered already; pick another id")
-        home = models_dir / model_id
-        if home.exists():
-            raise UnsupportedModel(f"{home} exists already; remove it or pick another id")
-        placed = home if source.is_dir() else home / source.name
         staging = models_dir / f".{model_id}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_path(staging)
         try:
             if link:
                 staging.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +103,47 @@ class ModelRegistry:
             else:
                 staging.mkdir(parents=True)
                 shutil.copy2(source, staging / source.name)
+        except BaseException:
+            _remove_path(staging)
+            raise
+        return self.register_staged(
+            staging,
+            models_dir,
+            model_id,
+            source=f"file://{source}",
+            provenance={"added_from": str(source), "linked": link},
+            allow_pickles=allow_pickles,
+        )
+
+    def register_staged(
+        self,
+        staging: Path,
+        models_dir: Path,
+        model_id: str,
+        source: str,
+        revision: str | None = None,
+        provenance: dict[str, Any] | None = None,
+        allow_pickles: bool = False,
+    ) -> Model:
+        """Move a model assembled in ``staging`` (a diffusers folder, or a folder holding
+        one checkpoint) into ``models_dir/model_id`` and record it; on any failure
+        nothing of it is kept, in the registry or on disk."""
+        home = models_dir / model_id
+        if home.exists() or home.is_symlink():
+            _remove_path(staging)
+            raise UnsupportedModel(f"{home} exists already; remove it or pick another id")
+        try:
+            checkpoints = [] if _is_diffusers(staging) else list(staging.iterdir())
+            if len(checkpoints) > 1:
+                raise UnsupportedModel(f"{staging} holds several files and no model_index.json")
+            found = inspect_model(checkpoints[0] if checkpoints else staging, allow_pickles)
             staging.rename(home)
+            placed = home / checkpoints[0].name if checkpoints else home
             sha256, files = hash_weights(placed)
             return self._repository.upsert(
                 Model(
                     id=model_id,
-                    source=f"file://{source}",
+                    source=source,
                     path=str(placed),
                     format=found.format,
                     base=found.architecture,
@@ -121,7 +153,8 @@ class ModelRegistry:
                     defaults=ModelDefaults(),
                     status="ready",
                     created_at=utcnow(),
-                    provenance={"added_from": str(source), "linked": link},
+                    revision=revision,
+                    provenance=provenance or {},
                 )
             )
         except BaseException:
@@ -184,6 +217,10 @@ def model_id_from(source: Path) -> str:
     stem = source.name.removesuffix(".safetensors") if source.is_file() else source.name
     slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
     return slug[:128] or "model"
+
+
+def _is_diffusers(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file()
 
 
 def _link_file(staging: Path, source: Path) -> None:
