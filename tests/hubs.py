@@ -3,6 +3,7 @@ Dream Forge uses them: what stands in for the internet in the tests."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -43,7 +44,9 @@ class LocalHttpServer:
         self.thread.join(10)
 
 
-def _ranged(request: Request, data: bytes, media_type: str, cut_at: int | None) -> Response:
+def _ranged(
+    request: Request, data: bytes, media_type: str, cut_at: int | None, seconds: float = 0.0
+) -> Response:
     """The file, or the part a Range header asks for; ``cut_at`` breaks the connection
     after that many bytes of the body, as a flaky network does."""
     start = 0
@@ -60,7 +63,11 @@ def _ranged(request: Request, data: bytes, media_type: str, cut_at: int | None) 
         if cut_at is not None:
             yield body[:cut_at]
             raise ConnectionResetError("the fake network dropped the connection")
-        yield body
+        pieces = 20 if seconds else 1  # a slow link: the body in pieces over ``seconds``
+        step = -(-len(body) // pieces)
+        for start in range(0, len(body), step):
+            await asyncio.sleep(seconds / pieces)
+            yield body[start : start + step]
 
     return StreamingResponse(chunks(), status_code=status, headers=headers, media_type=media_type)
 
@@ -79,6 +86,7 @@ class CivitaiVersion:
     needs_token: bool = False
     cdn_host: str = "127.0.0.1"
     cut_first_download_at: int | None = None
+    seconds: float = 0.0  # how long the CDN takes to send it
 
     @property
     def sha256(self) -> str:
@@ -154,7 +162,7 @@ class FakeCivitai:
             v = self.versions[version_id]
             self.cdn_requests.append(dict(request.headers))
             cut, v.cut_first_download_at = v.cut_first_download_at, None
-            return _ranged(request, v.data, "application/octet-stream", cut)
+            return _ranged(request, v.data, "application/octet-stream", cut, v.seconds)
 
         return app
 

@@ -288,7 +288,8 @@ def test_readiness_fails_when_storage_or_the_worker_thread_fails(
 
         worker = api.runtime._worker
         assert worker is not None
-        worker.consumer.stop(timeout=5_000)
+        for consumer in worker.consumers:
+            consumer.stop(timeout=5_000)
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["queue"] == "error: the worker thread has stopped"

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated
 import structlog
 import typer
 import uvicorn
-from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -249,10 +248,6 @@ def model_add(
     )
 
 
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
 @model_app.command("pull")
 def model_pull(
     source: Annotated[
@@ -275,16 +270,7 @@ def model_pull(
     from dreamforge.models.sources import BadSource
 
     settings, registry = _registry(data_dir)
-    pull_settings = PullSettings(
-        models_dir=settings.models_dir,
-        hf_endpoint=settings.hf_endpoint,
-        civitai_endpoint=settings.civitai_endpoint,
-        allowed_hosts=settings.allowed_download_hosts,
-        max_bytes=settings.max_download_bytes,
-        allow_pickles=settings.allow_pickled_weights,
-        hf_token=_secret(settings.hf_token),
-        civitai_token=_secret(settings.civitai_token),
-    )
+    pull_settings = PullSettings.of(settings)
     with (
         httpx.Client(timeout=60, follow_redirects=False) as client,
         Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()) as bar,

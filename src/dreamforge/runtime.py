@@ -26,17 +26,21 @@ from dreamforge.domain.jobs import Limits
 from dreamforge.events.follow import JobEvents
 from dreamforge.events.notifier import InProcessNotifier, Notifier
 from dreamforge.events.writer import JobWriter
+from dreamforge.models.pull import PullSettings
 from dreamforge.models.registry import ModelRegistry, create_tiny_model
 from dreamforge.queue import broker as brokers
-from dreamforge.queue.broker import GPU_QUEUE
+from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 from dreamforge.queue.reaper import Reaper, ReaperLoop
 from dreamforge.queue.tasks import Tasks
 from dreamforge.runners.protocol import ModelRef, Runner
 from dreamforge.services.artifacts import ArtifactService
+from dreamforge.services.downloads import DownloadService
 from dreamforge.services.jobs import JobService
 from dreamforge.store.db import Database
+from dreamforge.store.downloads import DownloadRepository
 from dreamforge.store.jobs import JobRepository
 from dreamforge.store.models import ModelRepository
+from dreamforge.worker.downloads import DownloadWorker
 from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
 from dreamforge.worker.steps import StepDriver
 
@@ -67,7 +71,7 @@ class _Worker:
 
     runner: Runner
     lifecycle: JobLifecycle
-    consumer: dramatiq.Worker
+    consumers: list[dramatiq.Worker]  # one per queue: a download never holds up a job
     reaper: ReaperLoop
 
 
@@ -84,6 +88,7 @@ class Runtime:
     job_service: JobService
     job_events: JobEvents
     artifact_service: ArtifactService
+    download_service: DownloadService
     reaper: Reaper
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -124,6 +129,9 @@ class Runtime:
             ),
             job_events=JobEvents(jobs, notifier),
             artifact_service=ArtifactService(jobs, storage, signer, settings.artifact_url_ttl_s),
+            download_service=DownloadService(
+                DownloadRepository(db), notifier, tasks.enqueue_download
+            ),
             reaper=Reaper(jobs, writer, tasks.enqueue_job),
         )
 
@@ -139,13 +147,21 @@ class Runtime:
         was running when it last stopped is an orphan, and goes back to the queue."""
         self._lock_data_dir()
         self.reaper.requeue_orphans(expired_before=None)
-        self.start_worker({GPU_QUEUE}, runner)
+        self.start_worker({GPU_QUEUE, IO_QUEUE}, runner)
         recovered = self.reaper.send_queued()
         log.info("worker.recovered", jobs=recovered)
 
     def start_worker(self, queues: set[str], runner: Runner | None = None) -> None:
         """Consume ``queues`` in this process: one job at a time, on ``runner`` (by
-        default the SDXL pipeline in a child process)."""
+        default the SDXL pipeline in a child process), and one download at a time."""
+        if IO_QUEUE in queues:
+            downloads = DownloadWorker(
+                DownloadRepository(self.db),
+                self.models,
+                self.notifier,
+                PullSettings.of(self.settings),
+            )
+            self.tasks.attach(download_model=downloads.run)
         runner = runner or default_runner()
         default = self.models.get(self.settings.default_model_id)
         if default is not None and GPU_QUEUE in queues:
@@ -167,13 +183,15 @@ class Runtime:
         lifecycle = JobLifecycle(
             self.jobs, self.writer, self.notifier, driver, lease, self.tasks.enqueue_job
         )
-        self.tasks.attach(run_job=lifecycle.run)
-        consumer = brokers.consumer(self.tasks.broker, queues)
+        if GPU_QUEUE in queues:
+            self.tasks.attach(run_job=lifecycle.run)
+        consumers = [brokers.consumer(self.tasks.broker, {queue}) for queue in sorted(queues)]
         reaper = ReaperLoop(
             self.reaper, self.settings.reaper_interval_s, self.settings.requeue_after_s
         )
-        self._worker = _Worker(runner, lifecycle, consumer, reaper)
-        consumer.start()
+        self._worker = _Worker(runner, lifecycle, consumers, reaper)
+        for consumer in consumers:
+            consumer.start()
         reaper.start()
         log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
 
@@ -186,7 +204,7 @@ class Runtime:
 
     def _check_queue(self) -> None:
         if self._worker is not None and not all(
-            t.is_alive() for t in self._worker.consumer.workers
+            t.is_alive() for c in self._worker.consumers for t in c.workers
         ):
             raise RuntimeError("the worker thread has stopped")
         brokers.ping(self.tasks.broker)
@@ -198,7 +216,8 @@ class Runtime:
             worker.reaper.stop()
             # Consuming stops before anything is torn down: a message that arrives now
             # stays in the queue for another worker.
-            worker.consumer.stop(timeout=30_000)
+            for consumer in worker.consumers:
+                consumer.stop(timeout=30_000)
             worker.runner.stop()
         close = getattr(self.notifier, "close", None)
         if close is not None:

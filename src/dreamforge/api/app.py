@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from dreamforge import __version__
 from dreamforge.api import problems
 from dreamforge.api.problems import PROBLEM_JSON
-from dreamforge.api.routers import artifacts, health, jobs, logs, models, progress
+from dreamforge.api.routers import artifacts, downloads, health, jobs, logs, models, progress
 from dreamforge.api.schemas import event_schemas, problem_example
 from dreamforge.runners.protocol import Runner
 from dreamforge.runtime import Runtime
@@ -53,6 +53,7 @@ def create_app(
         logs.router,
         artifacts.router,
         models.router,
+        downloads.router,
     ):
         app.include_router(router)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]

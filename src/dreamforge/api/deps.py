@@ -14,6 +14,7 @@ from dreamforge.events.follow import JobEvents
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runtime import Runtime
 from dreamforge.services.artifacts import ArtifactService
+from dreamforge.services.downloads import DownloadService
 from dreamforge.services.health import Readiness
 from dreamforge.services.jobs import JobService
 
@@ -45,6 +46,10 @@ def _artifacts(request: Request) -> ArtifactService:
     return _runtime(request).artifact_service
 
 
+def _downloads(request: Request) -> DownloadService:
+    return _runtime(request).download_service
+
+
 def _models(request: Request) -> ModelRegistry:
     return _runtime(request).models
 
@@ -62,6 +67,9 @@ def _sse_ping_s(request: Request) -> float:
 JobId = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A job id the API returned.")
 ]
+DownloadId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A download id the API returned.")
+]
 ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="A registered model id.")]
 ArtifactKey = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9._/-]{1,512}$", description="From the artifact's signed URL.")
@@ -72,5 +80,6 @@ Jobs = Annotated[JobService, Depends(_jobs)]
 Events = Annotated[JobEvents, Depends(_events)]
 Artifacts = Annotated[ArtifactService, Depends(_artifacts)]
 Models = Annotated[ModelRegistry, Depends(_models)]
+Downloads = Annotated[DownloadService, Depends(_downloads)]
 ReadinessChecks = Annotated[Readiness, Depends(_readiness)]
 SsePing = Annotated[float, Depends(_sse_ping_s)]

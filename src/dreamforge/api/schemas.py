@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.events import PAYLOADS, EventData
-from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
+from dreamforge.domain.jobs import MODEL_ID_PATTERN, JobSpec, JobStatus, ModelDefaults
 
 JOB_ID = "7b0c8a1e-3f52-4d8e-9a37-1f0e2c6b9d41"
 _BASE = f"http://127.0.0.1:8000/v1/jobs/{JOB_ID}"
@@ -208,6 +208,70 @@ class ModelListOut(BaseModel):
     model_config = _examples({"data": [MODEL_EXAMPLE]})
 
     data: list[ModelOut]
+
+
+DOWNLOAD_ID = "5f1d2c3b-8a9e-4f60-b1c2-d3e4f5a6b7c8"
+_DOWNLOAD = f"http://127.0.0.1:8000/v1/downloads/{DOWNLOAD_ID}"
+
+
+class ModelSourceIn(BaseModel):
+    """A model to download into the registry, in the background."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"source": "civitai:133005", "id": "juggernaut-xl"}]},
+    )
+
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="hf:ORG/REPO[@REVISION], hf:ORG/REPO/path/file.safetensors, "
+        "civitai:VERSION_ID, a civitai.com model URL, an AIR URN, or an https:// URL",
+    )
+    id: str | None = Field(
+        None, pattern=MODEL_ID_PATTERN, description="Registry id; default: from the file name."
+    )
+
+
+class DownloadLinks(BaseModel):
+    self: str
+    stream: str
+    model: str | None = Field(description="The registered model, once there is one.")
+
+
+DOWNLOAD_EXAMPLE: dict[str, Any] = {
+    "id": DOWNLOAD_ID,
+    "source": "civitai:133005",
+    "model_id": "juggernaut-xl",
+    "status": "running",
+    "bytes_done": 2_147_483_648,
+    "bytes_total": 6_938_041_144,
+    "error": None,
+    "created_at": "2026-11-29T08:00:00Z",
+    "started_at": "2026-11-29T08:00:00.200000Z",
+    "finished_at": None,
+    "links": {
+        "self": _DOWNLOAD,
+        "stream": f"{_DOWNLOAD}/stream",
+        "model": "http://127.0.0.1:8000/v1/models/juggernaut-xl",
+    },
+}
+
+
+class DownloadOut(BaseModel):
+    model_config = _examples(DOWNLOAD_EXAMPLE)
+
+    id: str
+    source: str
+    model_id: str | None
+    status: str = Field(description="queued, running, succeeded or failed")
+    bytes_done: int
+    bytes_total: int | None
+    error: str | None = Field(description="Why it failed: expected and actual hashes, a host…")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: DownloadLinks
 
 
 class HealthOut(BaseModel):

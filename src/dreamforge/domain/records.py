@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from dreamforge.domain.errors import JobError
@@ -69,3 +70,30 @@ class Model:
     revision: str | None = None
     # Where it came from: the source's address, when it was fetched, the source's own data.
     provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class DownloadStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (DownloadStatus.SUCCEEDED, DownloadStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A model being fetched in the background (the io queue) into the registry."""
+
+    id: str
+    source: str
+    model_id: str | None  # asked for, or known once registered
+    status: DownloadStatus
+    bytes_done: int
+    bytes_total: int | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import structlog
+from pydantic import SecretStr
 
+from dreamforge.config import Settings
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.records import Model
 from dreamforge.models.fetch import DownloadError, HashMismatch, Progress, fetch, safe_name
@@ -37,6 +39,22 @@ class PullSettings:
     allow_pickles: bool = False
     hf_token: str | None = field(default=None, repr=False)
     civitai_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, settings: Settings) -> PullSettings:
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return cls(
+            models_dir=settings.models_dir,
+            hf_endpoint=settings.hf_endpoint,
+            civitai_endpoint=settings.civitai_endpoint,
+            allowed_hosts=settings.allowed_download_hosts,
+            max_bytes=settings.max_download_bytes,
+            allow_pickles=settings.allow_pickled_weights,
+            hf_token=secret(settings.hf_token),
+            civitai_token=secret(settings.civitai_token),
+        )
 
 
 class ModelPuller:

@@ -22,11 +22,12 @@ class NotAWorker(RuntimeError):
 
 
 class Tasks:
-    """``run_job`` on the gpu queue; the io queue is declared, for the downloads to come."""
+    """``run_job`` on the gpu queue, ``download_model`` on the io queue."""
 
     def __init__(self, broker: dramatiq.Broker, job_time_limit_s: float) -> None:
         self.broker = broker
         self._run_job: JobHandler | None = None
+        self._download_model: JobHandler | None = None
         # Retries stay off: the worker ends every job itself, and the reaper re-sends jobs
         # whose worker vanished or whose message the broker lost.
         self.run_job: dramatiq.Actor[[str], None] = dramatiq.actor(
@@ -38,16 +39,36 @@ class Tasks:
             # Dramatiq's own limit is a last resort; the worker enforces the job's.
             time_limit=int((job_time_limit_s + 60) * 1000),
         )
-        broker.declare_queue(IO_QUEUE)
+        # A download may take an hour: no time limit but the one its size cap implies.
+        self.download_model: dramatiq.Actor[[str], None] = dramatiq.actor(
+            self._dispatch_download_model,
+            broker=broker,
+            actor_name="download_model",
+            queue_name=IO_QUEUE,
+            max_retries=0,
+            time_limit=7 * 24 * 3600 * 1000,
+        )
 
-    def attach(self, run_job: JobHandler) -> None:
-        """Do the gpu queue's work in this process with ``run_job``."""
-        self._run_job = run_job
+    def attach(
+        self, run_job: JobHandler | None = None, download_model: JobHandler | None = None
+    ) -> None:
+        """Do the gpu queue's work (``run_job``) or the io queue's (``download_model``)
+        in this process."""
+        self._run_job = run_job or self._run_job
+        self._download_model = download_model or self._download_model
 
     def enqueue_job(self, job_id: str) -> None:
         self.run_job.send(job_id)
+
+    def enqueue_download(self, download_id: str) -> None:
+        self.download_model.send(download_id)
 
     def _dispatch_run_job(self, job_id: str) -> None:
         if self._run_job is None:
             raise NotAWorker("this process runs no jobs")
         self._run_job(job_id)
+
+    def _dispatch_download_model(self, download_id: str) -> None:
+        if self._download_model is None:
+            raise NotAWorker("this process runs no downloads")
+        self._download_model(download_id)
