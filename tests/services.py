@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr
 
 from dreamforge.config import Settings
 
@@ -40,8 +40,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process these settings (12-factor)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DREAMFORGE_")}
     for name, value in settings.model_dump(exclude_none=True).items():
-        secret = isinstance(value, SecretStr)
-        env[f"DREAMFORGE_{name.upper()}"] = value.get_secret_value() if secret else str(value)
+        alias = Settings.model_fields[name].validation_alias
+        variable = alias.choices[0] if isinstance(alias, AliasChoices) else f"DREAMFORGE_{name}"
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps(value)
+        env[str(variable).upper()] = str(value)
     return env
 
 

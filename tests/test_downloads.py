@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from dreamforge.runners.fake import FakeRunner
 from tests.conftest import ApiThread, free_port, register_tiny
 from tests.helpers import submit, wait_for
 from tests.hubs import CivitaiVersion, FakeCivitai, LocalHttpServer
+from tests.processes import Worker
 from tests.test_models import safetensors_with
 
 
@@ -129,3 +131,34 @@ def follow_until(client: httpx.Client, url: str, statuses: set[str]) -> Iterator
                 yield update
                 if update["status"] in statuses:
                     return
+
+
+@pytest.mark.slow
+def test_an_io_worker_process_runs_downloads_in_the_distributed_profile(
+    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    civitai = FakeCivitai()
+    port: list[int] = []
+    hub = LocalHttpServer(civitai.app(port))
+    port.append(hub.port)
+    data = checkpoint(tmp_path, 10_000)
+    civitai.add(CivitaiVersion(31, 3, "remote.safetensors", data, needs_token=True))
+    settings = distributed_settings(
+        port=free_port(), civitai_endpoint=hub.url, civitai_token=civitai.token
+    )
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    io_worker = Worker(settings, tmp_path / "io.log", queues="io")
+    io_worker.start()
+    try:
+        with (
+            hub,
+            ApiThread(settings, run_worker=False) as api,
+            httpx.Client(base_url=api.url, timeout=30) as client,
+        ):
+            download = client.post("/v1/models", json={"source": "civitai:31"}).json()
+            final = follow(client, download["links"]["stream"], timeout=120)[-1]
+            assert final["status"] == "succeeded", final
+            model = client.get("/v1/models/remote").json()
+            assert model["sha256"] == hashlib.sha256(data).hexdigest()
+    finally:
+        io_worker.signal(signal.SIGTERM)  # and its log holds no token
