@@ -13,11 +13,21 @@ from typer.testing import CliRunner
 
 from dreamforge.cli import app
 from dreamforge.config import Settings
+from dreamforge.domain.errors import ErrorCode
+from dreamforge.domain.jobs import JobSpec
 from dreamforge.models.formats import SD1_KEY, SDXL_KEY
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runners.device import select_device
-from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
-from dreamforge.runners.sdxl import SdxlRunner
+from dreamforge.runners.process import SdxlProcessRunner
+from dreamforge.runners.protocol import (
+    Failed,
+    ItemRendered,
+    ItemToRender,
+    ModelRef,
+    RenderRequest,
+    Tick,
+)
+from dreamforge.runners.sdxl import ModelUnusable, SdxlRunner
 from dreamforge.store.db import Database
 from dreamforge.store.models import ModelRepository
 from tests.test_pipeline import Bare, png_pixels
@@ -83,8 +93,6 @@ def test_an_added_diffusers_folder_is_copied_hashed_and_renders(
         "seed": 3,
         "model_id": "my-sdxl",
     }
-    from dreamforge.domain.jobs import JobSpec
-
     messages: list[object] = []
     SdxlRunner(select_device("cpu")).generate(
         RenderRequest(JobSpec(**spec), ModelRef.of(model), (ItemToRender(0, 3),)),
@@ -202,3 +210,45 @@ def test_an_id_is_never_taken_twice(tmp_path: Path, tiny_model_dir: Path) -> Non
     assert code == 1 and "registered already" in output
     code, output = run("add", str(tiny_model_dir), "--id", "../escape", "--data-dir", str(data))
     assert code == 1 and "not a usable id" in output
+
+
+def test_a_model_whose_files_changed_fails_to_load_with_model_not_ready(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    assert run("add", str(tiny_model_dir), "--id", "m", "--data-dir", str(data))[0] == 0
+    model = registry(data).get("m")
+    assert model is not None
+    spec = JobSpec(
+        prompt="a fox",
+        negative_prompt="",
+        width=64,
+        height=64,
+        steps=1,
+        guidance_scale=5.0,
+        scheduler="euler",
+        seed=1,
+        model_id="m",
+    )
+    request = RenderRequest(spec, ModelRef.of(model), (ItemToRender(0, 1),))
+    unet = Path(model.path) / "unet" / "diffusion_pytorch_model.safetensors"
+    original = unet.read_bytes()
+
+    unet.write_bytes(original[:-10])
+    with pytest.raises(
+        ModelUnusable, match=r"unet/diffusion_pytorch_model.safetensors has changed"
+    ):
+        SdxlRunner(select_device("cpu")).generate(request, lambda _: None, bool)
+    unet.write_bytes(b"\xff" * len(original))  # same size, not a safetensors file any more
+    with pytest.raises(ModelUnusable, match="could not be loaded") as raised:
+        SdxlRunner(select_device("cpu")).generate(request, lambda _: None, bool)
+    assert "dreamforge model verify m" in str(raised.value)
+
+    unet.unlink()  # and through the runner's child process, as a job meets it
+    runner = SdxlProcessRunner()
+    try:
+        outcome = runner.render(request, lambda _: None, lambda: Tick.CONTINUE)
+    finally:
+        runner.stop()
+    assert isinstance(outcome, Failed) and outcome.code is ErrorCode.MODEL_NOT_READY
+    assert outcome.message == "model m: unet/diffusion_pytorch_model.safetensors is missing"

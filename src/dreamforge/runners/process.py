@@ -37,7 +37,7 @@ def _child_main(
     conn: multiprocessing.connection.Connection, cancel: Event, device: str | None
 ) -> None:
     from dreamforge.runners.device import memory_report, select_device
-    from dreamforge.runners.sdxl import Canceled, SdxlRunner
+    from dreamforge.runners.sdxl import Canceled, ModelUnusable, SdxlRunner
 
     choice = select_device(device)
     runner = SdxlRunner(choice)
@@ -53,8 +53,8 @@ def _child_main(
             conn.send(Finished(memory_report(choice)))
         except Canceled:
             conn.send(Failed(ErrorCode.CANCELED, "canceled by request", memory_report(choice)))
-        except FileNotFoundError as exc:
-            conn.send(Failed(ErrorCode.MODEL_NOT_READY, f"model files missing: {exc}"))
+        except ModelUnusable as exc:
+            conn.send(Failed(ErrorCode.MODEL_NOT_READY, str(exc), memory_report(choice)))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
             code = ErrorCode.GPU_OOM if is_out_of_memory(exc) else ErrorCode.RUNNER_ERROR
             message = f"{type(exc).__name__}: {exc}"

@@ -25,10 +25,12 @@ class ModelRef:
     format: str
     sha256: str
     source: str
+    files: tuple[tuple[str, int], ...] = ()  # (path, size) of each weight file, as registered
 
     @classmethod
     def of(cls, model: Model) -> ModelRef:
-        return cls(model.id, model.path, model.format, model.sha256, model.source)
+        files = tuple((f.path, f.size_bytes) for f in model.files)
+        return cls(model.id, model.path, model.format, model.sha256, model.source, files)
 
 
 @dataclass(frozen=True)

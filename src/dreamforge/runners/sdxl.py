@@ -6,6 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +48,25 @@ class Canceled(Exception):
     """Raised from the step callback to stop denoising at once."""
 
 
+class ModelUnusable(Exception):
+    """The model's files are gone, changed or unreadable; the message says which."""
+
+
+def check_files(model: ModelRef) -> None:
+    """Cheap, before a load: every registered weight file is there, at its registered size
+    (``dreamforge model verify`` hashes them; a load should not)."""
+    root = Path(model.path)
+    for relative, size in model.files:
+        file = root / relative if root.is_dir() else root
+        if not file.is_file():
+            raise ModelUnusable(f"model {model.id}: {relative} is missing")
+        if file.stat().st_size != size:
+            raise ModelUnusable(
+                f"model {model.id}: {relative} has changed ({file.stat().st_size:,} bytes, "
+                f"{size:,} registered); run `dreamforge model verify {model.id}`"
+            )
+
+
 def library_versions() -> dict[str, str]:
     return {
         "dreamforge": __version__,
@@ -78,14 +98,22 @@ class SdxlRunner:
         while len(self._pipelines) >= self._max_pipelines:
             self._pipelines.popitem(last=False)
         self._schedulers = {k: v for k, v in self._schedulers.items() if k[0] in self._pipelines}
-        if model.format == "single_file":
-            pipe = StableDiffusionXLPipeline.from_single_file(
-                model.path, dtype=self._device.dtype, local_files_only=True
-            )
-        else:
-            pipe = StableDiffusionXLPipeline.from_pretrained(
-                model.path, dtype=self._device.dtype, local_files_only=True
-            )
+        check_files(model)
+        try:
+            if model.format == "single_file":
+                pipe = StableDiffusionXLPipeline.from_single_file(
+                    model.path, dtype=self._device.dtype, local_files_only=True
+                )
+            else:
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    model.path, dtype=self._device.dtype, local_files_only=True
+                )
+        except Exception as exc:
+            # diffusers' own message names internals; the user needs to know which model.
+            raise ModelUnusable(
+                f"model {model.id} could not be loaded ({type(exc).__name__}); run "
+                f"`dreamforge model verify {model.id}`"
+            ) from exc
         pipe = pipe.to(self._device.device)
         pipe.set_progress_bar_config(disable=True)
         scheduler_config = pipe.scheduler.config
