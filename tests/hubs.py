@@ -154,11 +154,11 @@ class FakeCivitai:
             if v.needs_token and not authorised(request):
                 # What CivitAI does: its login page, with a 200.
                 return HTMLResponse("<html><body>Please log in</body></html>")
-            cdn = f"http://{v.cdn_host}:{port_holder[0]}/cdn/{v.id}/{v.name}?signature=abc"
+            cdn = f"http://{v.cdn_host}:{port_holder[0]}/cdn/{v.id}/file?signature=abc"
             return RedirectResponse(cdn, status_code=307)
 
-        @app.get("/cdn/{version_id}/{name}")
-        def cdn(version_id: int, name: str, request: Request) -> Response:
+        @app.get("/cdn/{version_id}/file")
+        def cdn(version_id: int, request: Request) -> Response:
             v = self.versions[version_id]
             self.cdn_requests.append(dict(request.headers))
             cut, v.cut_first_download_at = v.cut_first_download_at, None
@@ -177,9 +177,21 @@ class FakeHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     corrupt: set[str] = field(default_factory=set)  # served with a byte changed
+    private: set[str] = field(default_factory=set)  # repositories that need the token
+    token: str = "hf-token-of-the-test"
 
     def app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.middleware("http")
+        async def gate(request: Request, call_next: Any) -> Response:
+            parts = request.url.path.removeprefix("/api/models/").strip("/").split("/")
+            repo = "/".join(parts[:2])
+            allowed = request.headers.get("authorization") == f"Bearer {self.token}"
+            if repo in self.private and not allowed:
+                return JSONResponse({"error": "Invalid credentials"}, 401)
+            response: Response = await call_next(request)
+            return response
 
         @app.get("/api/models/{org}/{name}")
         @app.get("/api/models/{org}/{name}/revision/{revision}")

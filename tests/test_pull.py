@@ -238,3 +238,30 @@ def test_a_diffusers_repository_from_the_hub_renders_like_the_original(
 def test_a_source_in_no_known_form_is_refused_with_the_forms(tmp_path: Path) -> None:
     code, output = pull(tmp_path / "d", "ftp://example.com/model.safetensors", {})
     assert code == 1 and "hf:ORG/REPO" in output and "civitai:VERSION_ID" in output
+
+
+def test_a_remote_file_name_cannot_escape_the_models_folder(
+    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+) -> None:
+    fake, url = civitai
+    data = checkpoint_bytes(tmp_path, SDXL_KEY)
+    fake.add(CivitaiVersion(13, 1, "../../evil.safetensors", data))
+    code, output = pull(tmp_path / "d", "civitai:13", civitai_env(url))
+    assert code == 0, output
+    model = registry(tmp_path / "d").get("evil")
+    assert model is not None
+    assert Path(model.path) == tmp_path / "d" / "models" / "evil" / "evil.safetensors"
+    assert not (tmp_path / "evil.safetensors").exists()
+    assert not (tmp_path / "d" / "evil.safetensors").exists()
+
+
+def test_a_private_repository_needs_the_token(tmp_path: Path, hub: tuple[FakeHub, str]) -> None:
+    fake, url = hub
+    fake.repos["acme/private"] = {"m.safetensors": checkpoint_bytes(tmp_path, SDXL_KEY)}
+    fake.private.add("acme/private")
+    code, output = pull(tmp_path / "d", "hf:acme/private/m.safetensors", {"HF_ENDPOINT": url})
+    assert code == 1 and "(401)" in output and "HF_TOKEN" in output
+    env = {"HF_ENDPOINT": url, "HF_TOKEN": fake.token}
+    code, output = pull(tmp_path / "d", "hf:acme/private/m.safetensors", env)
+    assert code == 0, output
+    assert fake.token not in output
