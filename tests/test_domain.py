@@ -6,6 +6,7 @@ import pytest
 
 from dreamforge.domain.jobs import (
     JobRequest,
+    JobSpec,
     JobStatus,
     Limits,
     ModelDefaults,
@@ -22,7 +23,7 @@ DEFAULTS = ModelDefaults(
 
 
 def test_unset_fields_come_from_the_model_and_the_drawn_seed() -> None:
-    spec = resolve_spec(JobRequest(prompt="  a cat  "), "m", DEFAULTS, seed=77)
+    spec = resolve_spec(JobRequest(prompt="  a cat  "), "m", DEFAULTS, lambda: 77)
     assert (spec.prompt, spec.width, spec.height, spec.steps, spec.seed, spec.model_id) == (
         "a cat",
         64,
@@ -35,14 +36,41 @@ def test_unset_fields_come_from_the_model_and_the_drawn_seed() -> None:
 
 def test_set_fields_win_even_when_falsy() -> None:
     spec = resolve_spec(
-        JobRequest(prompt="x", guidance_scale=0, seed=0, width=128), "m", DEFAULTS, seed=77
+        JobRequest(prompt="x", guidance_scale=0, seed=0, width=128), "m", DEFAULTS, lambda: 77
     )
     assert (spec.guidance_scale, spec.seed, spec.width) == (0, 0, 128)
 
 
+def test_each_item_gets_the_seed_plus_its_index_or_a_seed_of_its_own() -> None:
+    given = resolve_spec(JobRequest(prompt="x", seed=10, count=3), "m", DEFAULTS, lambda: 0)
+    assert given.seeds() == (10, 11, 12) and given.seed == 10 and given.count == 3
+    wrapped = resolve_spec(JobRequest(prompt="x", seed=2**32 - 2, count=3), "m", DEFAULTS, int)
+    assert wrapped.seeds() == (2**32 - 2, 2**32 - 1, 0)
+    drawn = iter([7, 99, 3])
+    own = resolve_spec(JobRequest(prompt="x", count=3), "m", DEFAULTS, lambda: next(drawn))
+    assert own.seeds() == (7, 99, 3) and own.seed == 7
+
+
+def test_a_job_stored_before_batches_still_has_its_one_seed() -> None:
+    spec = JobSpec.model_validate(
+        {
+            "prompt": "x",
+            "negative_prompt": "",
+            "width": 64,
+            "height": 64,
+            "steps": 4,
+            "guidance_scale": 5.0,
+            "scheduler": "euler",
+            "seed": 5,
+            "model_id": "m",
+        }
+    )
+    assert spec.seeds() == (5,) and spec.count == 1
+
+
 def test_limits_name_each_field_over_them() -> None:
     spec = resolve_spec(
-        JobRequest(prompt="x", width=1024, height=2048, steps=200), "m", DEFAULTS, seed=1
+        JobRequest(prompt="x", width=1024, height=2048, steps=200), "m", DEFAULTS, lambda: 1
     )
     problems = check_limits(spec, Limits(max_width=512, max_height=1024, max_steps=150))
     assert [p.field for p in problems] == ["width", "height", "steps"]

@@ -59,7 +59,7 @@ def test_the_png_carries_an_a1111_and_a_full_receipt(live: LiveServer) -> None:
     )
 
     receipt = read_receipt(png)
-    assert receipt.spec.model_dump() == job["spec"]
+    assert receipt.spec.model_dump(mode="json") == job["spec"]
     assert receipt.seed == 99
     assert receipt.model.sha256 == model["sha256"]
     assert receipt.device == "cpu" and receipt.dtype == "float32"

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
 
     lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its claim.")
+    max_batch_size: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="Items of a job rendered together on the device, at most; a micro-batch "
+        "that runs out of memory is split in two.",
+    )
     progress_persist_s: float = Field(
         0.5,
         ge=0,

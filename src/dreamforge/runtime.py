@@ -173,6 +173,7 @@ class Runtime:
             self.storage,
             runner,
             self.settings.progress_persist_s,
+            self.settings.max_batch_size,
         )
         lease = LeaseSettings(
             worker_id=self.worker_id,

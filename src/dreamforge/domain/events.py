@@ -75,7 +75,8 @@ class ProgressData(EventData):
     progress: float = Field(ge=0, le=1)
     stage: str
     step_index: int | None = None
-    item_index: int | None = None
+    item_index: int | None = Field(None, description="The first item of the micro-batch.")
+    items: tuple[int, ...] | None = Field(None, description="The items denoising together.")
     step: int | None = None
     steps: int | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, NamedTuple
 
@@ -86,6 +87,7 @@ SAMPLER_NAMES: dict[Scheduler, str] = {
 }
 
 MAX_SEED = 2**32 - 1
+MAX_COUNT = 100
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 Dimension = Annotated[int, Field(ge=64, multiple_of=8)]
@@ -103,7 +105,14 @@ class JobRequest(BaseModel):
     steps: int | None = Field(None, ge=1, description="Denoising steps.")
     guidance_scale: float | None = Field(None, ge=0, le=30, description="CFG scale.")
     scheduler: Scheduler | None = Field(None, description="Sampler.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Omit for a random seed.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Item i gets seed + i (wrapping past 2^32 - 1); omit it and every item "
+        "draws a seed of its own.",
+    )
+    count: int = Field(1, ge=1, le=MAX_COUNT, description="How many images (items) to make.")
     model_id: str | None = Field(
         None, pattern=MODEL_ID_PATTERN, description="Default: the server's model."
     )
@@ -131,8 +140,14 @@ class JobSpec(BaseModel):
     steps: int
     guidance_scale: float
     scheduler: Scheduler
-    seed: int
+    seed: int  # the first item's
     model_id: str
+    count: int = 1
+    item_seeds: tuple[int, ...] = Field((), description="Each item's seed, in item order.")
+
+    def seeds(self) -> tuple[int, ...]:
+        """Each item's seed (jobs stored before batches have ``seed`` alone)."""
+        return self.item_seeds or tuple(item_seed(self.seed, i) for i in range(self.count))
 
 
 class Limits(BaseModel):
@@ -143,8 +158,26 @@ class Limits(BaseModel):
     max_steps: int
 
 
-def resolve_spec(request: JobRequest, model_id: str, defaults: ModelDefaults, seed: int) -> JobSpec:
-    """Fill what the request left out from the model's defaults and the drawn seed."""
+def item_seed(seed: int, index: int) -> int:
+    return (seed + index) % (MAX_SEED + 1)
+
+
+def seed_list(seeds: tuple[int, ...]) -> str:
+    """Seeds for a log line: all of a few, the first and last of many."""
+    if len(seeds) <= 4:
+        return ", ".join(map(str, seeds))
+    return f"{seeds[0]}, {seeds[1]} … {seeds[-1]}"
+
+
+def resolve_spec(
+    request: JobRequest, model_id: str, defaults: ModelDefaults, draw: Callable[[], int]
+) -> JobSpec:
+    """Fill what the request left out from the model's defaults, and give every item its
+    seed: the request's seed + the item's index, or one drawn for each."""
+    if request.seed is None:
+        seeds = tuple(draw() for _ in range(request.count))
+    else:
+        seeds = tuple(item_seed(request.seed, i) for i in range(request.count))
     return JobSpec(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -155,8 +188,10 @@ def resolve_spec(request: JobRequest, model_id: str, defaults: ModelDefaults, se
             defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale
         ),
         scheduler=request.scheduler or defaults.scheduler,
-        seed=seed if request.seed is None else request.seed,
+        seed=seeds[0],
         model_id=model_id,
+        count=request.count,
+        item_seeds=seeds,
     )
 
 

@@ -21,6 +21,6 @@ class StepPlan:
 
 
 def plan_steps(spec: JobSpec) -> list[StepPlan]:
-    """One ``generate`` step of one item, seeded by the spec: the only shape a job has
-    until batches (``count``) and chains (``upscale``) arrive."""
-    return [StepPlan(0, "generate", (ItemPlan(0, spec.seed),))]
+    """One ``generate`` step of ``count`` items, each with its seed (chains add steps)."""
+    items = tuple(ItemPlan(i, seed) for i, seed in enumerate(spec.seeds()))
+    return [StepPlan(0, "generate", items)]

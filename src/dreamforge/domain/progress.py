@@ -48,3 +48,12 @@ def job_progress(step_index: int, step_count: int, stage: Stage, fraction: float
     if stage is Stage.QUEUED or stage is Stage.DONE:
         return overall_progress(stage)
     return round((step_index + overall_progress(stage, fraction)) / step_count, 4)
+
+
+def items_progress(denoised: float, stored: int, count: int) -> float:
+    """Progress of a step of ``count`` items: loading done, ``denoised`` items' worth of
+    denoising (fractions included) and ``stored`` items saved."""
+    loading = STAGE_WEIGHTS[Stage.LOADING_MODEL]
+    denoising = STAGE_WEIGHTS[Stage.DENOISING] * min(denoised / count, 1.0)
+    saving = STAGE_WEIGHTS[Stage.SAVING] * min(stored / count, 1.0)
+    return round(loading + denoising + saving, 4)

@@ -42,10 +42,11 @@ class Trouble(Enum):
 
 @dataclass(frozen=True)
 class Plan:
-    """What goes wrong, and after which denoising step of the first item."""
+    """What goes wrong, and after which denoising step of which item."""
 
     trouble: Trouble
     at_step: int = 1
+    at_item: int = 0
 
 
 def fake_image(seed: int, width: int, height: int) -> Image.Image:
@@ -91,13 +92,15 @@ class FakeRunner:
         plan = self.plans.get(spec.prompt)
         for item in request.items:
             for step in range(1, spec.steps + 1):
-                slow = plan is not None and plan.trouble is Trouble.SLOW and step >= plan.at_step
-                time.sleep(0.1 if slow else self.step_s)
-                if plan is not None and step == plan.at_step and not slow:
-                    failed = self._meet(plan.trouble, tick)
+                trouble = plan.trouble if plan and item.index >= plan.at_item else None
+                at_step = plan.at_step if plan else 0
+                slow = trouble is Trouble.SLOW
+                time.sleep(0.1 if slow and step >= at_step else self.step_s)
+                if trouble is not None and step == at_step and not slow:
+                    failed = self._meet(trouble, tick)
                     if failed is not None:
                         return failed
-                on_message(StepDone(item.index, step, spec.steps))
+                on_message(StepDone((item.index,), step, spec.steps))
                 decision = tick()
                 if decision is Tick.CANCEL:
                     return Failed(ErrorCode.CANCELED, "canceled by request", self.memory())

@@ -49,6 +49,7 @@ class RenderRequest:
     items: tuple[ItemToRender, ...]
     step_index: int = 0
     step_type: str = "generate"
+    max_batch: int = 1  # items rendered together on the device, at most
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ class ModelLoaded:
 
 @dataclass(frozen=True)
 class StepDone:
-    """One denoising step of one item (``step`` counts from 1 to ``steps``)."""
+    """One denoising step (``step`` counts from 1 to ``steps``) of the items rendered
+    together (a micro-batch)."""
 
-    item_index: int
+    items: tuple[int, ...]
     step: int
     steps: int
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,15 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 
 from dreamforge import __version__
 from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
-from dreamforge.domain.jobs import Scheduler
+from dreamforge.domain.jobs import JobSpec, Scheduler
 from dreamforge.runners.device import DeviceChoice
 from dreamforge.runners.protocol import (
     ItemRendered,
+    ItemToRender,
     ModelLoaded,
     ModelRef,
     RenderRequest,
@@ -139,54 +143,107 @@ class SdxlRunner:
         emit: Callable[[RunnerMessage], None],
         should_cancel: Callable[[], bool],
     ) -> None:
-        """Render every requested item, reporting each step; raises ``Canceled``."""
+        """Render every requested item in micro-batches of at most ``request.max_batch``,
+        one generator per item, reporting each step; raises ``Canceled``.
+
+        A micro-batch that runs out of device memory is split in two and tried again. Each
+        image is encoded (PNG and receipt) on a thread of its own while the next micro-batch
+        denoises; all of them are sent before this returns or raises.
+        """
         pipe, scheduler_config, loaded = self._load(request.model)
         emit(loaded)
         spec = request.spec
         if spec is None:
             return
         pipe.scheduler = self._scheduler(request.model.id, spec.scheduler, scheduler_config)
-        for item in request.items:
+        lock = threading.Lock()  # the encoder thread and this one share the pipe
 
-            def on_step_end(
-                _pipe: Any,
-                step: int,
-                _timestep: Any,
-                kwargs: dict[str, Any],
-                item_index: int = item.index,
-            ) -> dict[str, Any]:
-                emit(StepDone(item_index, step + 1, spec.steps))
-                if should_cancel():
-                    raise Canceled
-                return kwargs
+        def send(message: RunnerMessage) -> None:
+            with lock:
+                emit(message)
 
-            # A CPU generator gives the same noise for a seed on every device.
-            generator = torch.Generator(device="cpu").manual_seed(item.seed)
-            image = pipe(
-                prompt=spec.prompt,
-                negative_prompt=spec.negative_prompt or None,
-                width=spec.width,
-                height=spec.height,
-                num_inference_steps=spec.steps,
-                guidance_scale=spec.guidance_scale,
-                generator=generator,
-                callback_on_step_end=on_step_end,
-            ).images[0]
-            receipt = Receipt(
-                spec=spec,
-                seed=item.seed,
-                step_index=request.step_index,
-                step_type=request.step_type,
-                item_index=item.index,
-                model=ModelReceipt(
-                    id=request.model.id, sha256=request.model.sha256, source=request.model.source
-                ),
-                versions=self._versions,
-                device=loaded.device,
-                dtype=loaded.dtype,
-            )
-            emit(
-                ItemRendered(
-                    item.index, item.seed, encode_png(image, receipt), image.width, image.height
-                )
-            )
+        pending = list(request.items)
+        size = max(1, request.max_batch)
+        with ThreadPoolExecutor(1, thread_name_prefix="dreamforge-encode") as encoder:
+            encoded: list[Future[None]] = []
+            try:
+                while pending:
+                    batch = tuple(pending[:size])
+                    try:
+                        images = self._denoise(pipe, spec, batch, send, should_cancel)
+                    except torch.OutOfMemoryError:
+                        if size == 1:
+                            raise
+                        size //= 2  # what does not fit at once may fit in halves
+                        _empty_cache(self._device)
+                        continue
+                    del pending[: len(batch)]
+                    for item, image in zip(batch, images, strict=True):
+                        receipt = self._receipt(request, item, loaded)
+                        encoded.append(encoder.submit(_encode_and_send, image, item, receipt, send))
+            finally:
+                for future in encoded:
+                    future.result()  # every finished image is sent, whatever happens next
+
+    def _denoise(
+        self,
+        pipe: StableDiffusionXLPipeline,
+        spec: JobSpec,
+        batch: tuple[ItemToRender, ...],
+        send: Callable[[RunnerMessage], None],
+        should_cancel: Callable[[], bool],
+    ) -> list[Image.Image]:
+        indexes = tuple(item.index for item in batch)
+
+        def on_step_end(
+            _pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
+            send(StepDone(indexes, step + 1, spec.steps))
+            if should_cancel():
+                raise Canceled
+            return kwargs
+
+        # One CPU generator per item: an item's noise depends on its seed alone, on every
+        # device and in every micro-batch, so item i of a batch is item i rendered alone.
+        generators = [torch.Generator(device="cpu").manual_seed(item.seed) for item in batch]
+        images: list[Image.Image] = pipe(
+            prompt=[spec.prompt] * len(batch),
+            negative_prompt=[spec.negative_prompt] * len(batch) if spec.negative_prompt else None,
+            width=spec.width,
+            height=spec.height,
+            num_inference_steps=spec.steps,
+            guidance_scale=spec.guidance_scale,
+            generator=generators,
+            callback_on_step_end=on_step_end,
+        ).images
+        return images
+
+    def _receipt(self, request: RenderRequest, item: ItemToRender, loaded: ModelLoaded) -> Receipt:
+        assert request.spec is not None
+        model = request.model
+        return Receipt(
+            spec=request.spec,
+            seed=item.seed,
+            step_index=request.step_index,
+            step_type=request.step_type,
+            item_index=item.index,
+            model=ModelReceipt(id=model.id, sha256=model.sha256, source=model.source),
+            versions=self._versions,
+            device=loaded.device,
+            dtype=loaded.dtype,
+        )
+
+
+def _encode_and_send(
+    image: Image.Image,
+    item: ItemToRender,
+    receipt: Receipt,
+    send: Callable[[RunnerMessage], None],
+) -> None:
+    png = encode_png(image, receipt)
+    send(ItemRendered(item.index, item.seed, png, image.width, image.height))
+
+
+def _empty_cache(device: DeviceChoice) -> None:
+    if device.device.type == "cuda":
+        torch.cuda.empty_cache()

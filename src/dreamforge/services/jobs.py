@@ -19,6 +19,7 @@ from dreamforge.domain.jobs import (
     Limits,
     check_limits,
     resolve_spec,
+    seed_list,
 )
 from dreamforge.domain.progress import Stage
 from dreamforge.domain.records import Job
@@ -71,7 +72,9 @@ class JobService:
                 ],
                 code=ErrorCode.MODEL_NOT_READY,
             )
-        spec = resolve_spec(request, model_id, model.defaults, secrets.randbelow(MAX_SEED + 1))
+        spec = resolve_spec(
+            request, model_id, model.defaults, lambda: secrets.randbelow(MAX_SEED + 1)
+        )
         problems = check_limits(spec, self._limits)
         if problems:
             raise InvalidRequest(problems)
@@ -81,8 +84,8 @@ class JobService:
             [
                 status_event(JobStatus.QUEUED),
                 log_event(
-                    f"accepted: {spec.width}x{spec.height}, {spec.steps} steps, "
-                    f"seed {spec.seed}, model {model_id}",
+                    f"accepted: {spec.count} x {spec.width}x{spec.height}, {spec.steps} steps, "
+                    f"seeds {seed_list(spec.seeds())}, model {model_id}",
                     stage=Stage.QUEUED,
                 ),
             ],

@@ -21,7 +21,7 @@ from dreamforge.domain.errors import ErrorCode, JobError
 from dreamforge.domain.events import ArtifactData, EventData, ProgressData, StageData, log_event
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.plan import StepPlan, plan_steps
-from dreamforge.domain.progress import Stage, denoising_fraction, job_progress
+from dreamforge.domain.progress import Stage, items_progress, job_progress
 from dreamforge.domain.records import Artifact, Job
 from dreamforge.events.writer import JobWriter
 from dreamforge.models.registry import ModelRegistry
@@ -61,6 +61,7 @@ class StepDriver:
         storage: ArtifactStorage,
         runner: Runner,
         progress_persist_s: float,
+        max_batch: int = 1,
     ) -> None:
         self.jobs = jobs
         self.writer = writer
@@ -68,6 +69,7 @@ class StepDriver:
         self.storage = storage
         self.runner = runner
         self.progress_persist_s = progress_persist_s
+        self.max_batch = max_batch
 
     def drive(
         self, job: Job, tick: Callable[[], Tick], notes: Sequence[EventData] = ()
@@ -114,6 +116,8 @@ class _StepRun:
         self._step_count = step_count
         self._last_persist = 0.0
         self._unsaved: float | None = None
+        self._denoised = 0  # items of this step whose denoising has finished
+        self._stored = 0  # items of this step stored
 
     def render(
         self, model: ModelRef, tick: Callable[[], Tick], notes: Sequence[EventData]
@@ -123,22 +127,41 @@ class _StepRun:
             ItemToRender(i.index, i.seed) for i in self._step.items if i.index not in done
         )
         skipped = [log_event(f"{len(done)} item(s) already stored; skipping them")] if done else []
+        self._denoised = self._stored = len(done)
         self._enter(Stage.LOADING_MODEL, f"loading model {model.id}", before=[*notes, *skipped])
         if not items:
             return None
-        request = RenderRequest(self._job.spec, model, items, self._step.index, self._step.type)
+        request = RenderRequest(
+            self._job.spec,
+            model,
+            items,
+            self._step.index,
+            self._step.type,
+            max_batch=self._driver.max_batch,
+        )
         try:
             outcome = self._driver.runner.render(request, self._relay, tick)
         finally:
             if self._unsaved is not None:  # the last figure, whatever happened
                 self._driver.jobs.set_progress(self._job.id, self._unsaved)
+        if isinstance(outcome, Failed) and outcome.code is not ErrorCode.CANCELED:
+            # Finished items are kept; say which are and which are not.
+            missing = len(self._step.items) - self._stored
+            summary = f"{missing} of {len(self._step.items)} item(s) not rendered"
+            if self._stored:
+                summary += f"; the {self._stored} stored are kept"
+            return Failed(outcome.code, f"{outcome.message} ({summary})", outcome.memory)
         return outcome if isinstance(outcome, Failed) else None
 
     def _progress(self, stage: Stage, fraction: float = 0.0) -> float:
         return job_progress(self._step.index, self._step_count, stage, fraction)
 
     def _enter(self, stage: Stage, message: str, before: Sequence[EventData] = ()) -> None:
-        progress = self._progress(stage)
+        progress = (
+            self._progress(stage)
+            if stage is not Stage.SAVING
+            else self._items_progress(self._denoised)
+        )
         self._writer.record(
             self._job.id,
             [*before, StageData(stage=stage, progress=progress), log_event(message, stage=stage)],
@@ -159,24 +182,29 @@ class _StepRun:
                 f"on {message.device}/{message.dtype}",
                 stage=Stage.LOADING_MODEL,
             )
+            left = len(self._step.items) - self._denoised
             self._enter(
                 Stage.DENOISING,
-                f"denoising {spec.steps} steps, {spec.width}x{spec.height}, seed {spec.seed}",
+                f"denoising {left} item(s), {spec.steps} steps, {spec.width}x{spec.height}, "
+                f"in micro-batches of up to {self._driver.max_batch}",
                 before=[ready],
             )
         elif isinstance(message, ItemRendered):
             self._store(message)
 
     def _step_done(self, message: StepDone) -> None:
-        fraction = denoising_fraction(
-            message.item_index, len(self._step.items), message.step, message.steps
-        )
-        progress = self._progress(Stage.DENOISING, fraction)
+        count = len(self._step.items)
+        under_way = len(message.items) * message.step / message.steps
+        if message.step == message.steps:
+            self._denoised += len(message.items)
+            under_way = 0.0
+        progress = self._items_progress(self._denoised + under_way)
         data = ProgressData(
             progress=progress,
             stage=Stage.DENOISING,
             step_index=self._step.index,
-            item_index=message.item_index,
+            item_index=message.items[0],
+            items=message.items,
             step=message.step,
             steps=message.steps,
         )
@@ -186,6 +214,12 @@ class _StepRun:
             self._last_persist = now
         self._writer.progress(self._job.id, data, persist)
         self._unsaved = None if persist else progress
+        if self._denoised == count:
+            self._enter(Stage.SAVING, f"saving the last of {count} item(s)")
+
+    def _items_progress(self, denoised: float) -> float:
+        within = items_progress(denoised, self._stored, len(self._step.items))
+        return round((self._step.index + within) / self._step_count, 4)
 
     def _store(self, item: ItemRendered) -> None:
         step = self._step
@@ -205,12 +239,11 @@ class _StepRun:
             seed=item.seed,
             created_at=utcnow(),
         )
-        progress = self._progress(Stage.SAVING)
+        self._stored += 1
+        progress = self._items_progress(self._denoised)
         self._writer.save_artifact(
             artifact,
             [
-                StageData(stage=Stage.SAVING, progress=progress),
-                log_event(f"saving item {item.item_index}", stage=Stage.SAVING),
                 ArtifactData(
                     key=key,
                     content_type=artifact.content_type,
@@ -223,9 +256,12 @@ class _StepRun:
                     step_type=artifact.step_type,
                     item_index=artifact.item_index,
                 ),
-                log_event(f"stored {key} ({artifact.size_bytes} bytes)", stage=Stage.SAVING),
+                log_event(
+                    f"stored item {item.item_index} (seed {item.seed}) as {key}, "
+                    f"{artifact.size_bytes} bytes",
+                    stage=Stage.SAVING,
+                ),
             ],
-            stage=Stage.SAVING.value,
             progress=progress,
         )
         self._unsaved = None
