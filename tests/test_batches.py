@@ -17,7 +17,7 @@ from PIL import Image
 
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.domain.jobs import JobSpec, JobStatus
-from dreamforge.runners.device import select_device
+from dreamforge.runners.device import fit_batch, select_device
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
 from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
 from dreamforge.runners.sdxl import SdxlRunner
@@ -161,3 +161,12 @@ def test_a_requeued_batch_renders_only_the_missing_items(fake: FakeServer) -> No
         {1, 2, 3, 4} - {i + 1 for i in stored_first}
     )
     assert [a.item_index for a in fake.runtime.jobs.artifacts(job_id)] == [0, 1, 2, 3]
+
+
+def test_a_micro_batch_fits_the_free_device_memory() -> None:
+    gib = 2**30
+    assert fit_batch(8, None, 1024, 1024) == 8  # a CPU: the configured size
+    assert fit_batch(8, 80 * gib, 1024, 1024) == 8
+    assert fit_batch(8, 10 * gib, 1024, 1024) == 2  # ~3 GB an item at 1024x1024
+    assert fit_batch(8, 10 * gib, 512, 512) == 8
+    assert fit_batch(8, 1 * gib, 1024, 1024) == 1  # never zero: OOM halving is the backstop

@@ -39,3 +39,25 @@ def memory_report(choice: DeviceChoice) -> DeviceMemory:
         return DeviceMemory(str(choice.device), None, None)
     _free, total = torch.cuda.mem_get_info(choice.device)
     return DeviceMemory(str(choice.device), torch.cuda.memory_allocated(choice.device), total)
+
+
+# Working memory one SDXL item needs while it denoises, per output pixel, in fp16 (latents,
+# activations, attention), with room to spare: about 3 GB for a 1024x1024 image. A guess
+# on the safe side; an out-of-memory error still halves the micro-batch.
+BYTES_PER_PIXEL = 3000
+
+
+def fit_batch(max_batch: int, free_bytes: int | None, width: int, height: int) -> int:
+    """Items to render together: at most ``max_batch``, and no more than ~80% of the free
+    device memory holds (``None``: unknown, as on a CPU)."""
+    if free_bytes is None:
+        return max_batch
+    fits = int(free_bytes * 0.8) // (width * height * BYTES_PER_PIXEL)
+    return max(1, min(max_batch, fits))
+
+
+def free_memory(choice: DeviceChoice) -> int | None:
+    if choice.device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(choice.device)
+    return int(free)

@@ -27,7 +27,7 @@ from PIL import Image
 from dreamforge import __version__
 from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
 from dreamforge.domain.jobs import JobSpec, Scheduler
-from dreamforge.runners.device import DeviceChoice
+from dreamforge.runners.device import DeviceChoice, fit_batch, free_memory
 from dreamforge.runners.protocol import (
     ItemRendered,
     ItemToRender,
@@ -163,7 +163,7 @@ class SdxlRunner:
                 emit(message)
 
         pending = list(request.items)
-        size = max(1, request.max_batch)
+        size = fit_batch(request.max_batch, free_memory(self._device), spec.width, spec.height)
         with ThreadPoolExecutor(1, thread_name_prefix="dreamforge-encode") as encoder:
             encoded: list[Future[None]] = []
             try:
