@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = Field(None, description="HMAC key for artifact URLs.")
     artifact_url_ttl_s: int = Field(3600, ge=1)
 
+    idempotency_key_ttl_s: float = Field(
+        24 * 3600, gt=0, description="How long an Idempotency-Key keeps pointing at its job."
+    )
     lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its claim.")
     max_batch_size: int = Field(

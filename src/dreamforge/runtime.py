@@ -125,7 +125,13 @@ class Runtime:
             storage=storage,
             tasks=tasks,
             job_service=JobService(
-                jobs, writer, models, tasks.enqueue_job, limits, settings.default_model_id
+                jobs,
+                writer,
+                models,
+                tasks.enqueue_job,
+                limits,
+                settings.default_model_id,
+                settings.idempotency_key_ttl_s,
             ),
             job_events=JobEvents(jobs, notifier),
             artifact_service=ArtifactService(jobs, storage, signer, settings.artifact_url_ttl_s),

@@ -29,6 +29,7 @@ TITLES: dict[ErrorCode, str] = {
     ErrorCode.VALIDATION_ERROR: "The request is not valid",
     ErrorCode.NOT_FOUND: "Not found",
     ErrorCode.CONFLICT: "The request conflicts with the resource's state",
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: "Idempotency-Key used with another request",
     ErrorCode.MODEL_NOT_FOUND: "Unknown model",
     ErrorCode.MODEL_NOT_READY: "Model not ready",
     ErrorCode.FORBIDDEN: "Forbidden",

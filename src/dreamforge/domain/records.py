@@ -32,6 +32,14 @@ class Job:
 
 
 @dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's ``Idempotency-Key`` and the fingerprint of the request it came with."""
+
+    key: str
+    request_sha256: str
+
+
+@dataclass(frozen=True)
 class Artifact:
     job_id: str
     step_index: int

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError
 from dreamforge.domain.events import EventData, JobEvent, ProgressData, log_event, status_event
 from dreamforge.domain.jobs import JobSpec, JobStatus, Transition
-from dreamforge.domain.records import Artifact, Job
+from dreamforge.domain.records import Artifact, IdempotencyKey, Job
 from dreamforge.events.notifier import Notifier
 from dreamforge.store.jobs import JobRepository
 
@@ -27,9 +28,16 @@ class JobWriter:
             self._notifier.publish(job_id, appended)
         return appended
 
-    def create(self, job_id: str, spec: JobSpec, events: Sequence[EventData]) -> Job:
+    def create(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        events: Sequence[EventData],
+        idempotency: IdempotencyKey | None = None,
+        keys_expire_before: datetime | None = None,
+    ) -> Job:
         # Nobody can follow a job before its id is returned: nothing to publish yet.
-        return self._jobs.create(job_id, spec, events)
+        return self._jobs.create(job_id, spec, events, idempotency, keys_expire_before)
 
     def claim(self, job_id: str, owner: str, lease_s: float) -> Job | None:
         claimed = self._jobs.claim(job_id, owner, lease_s, [status_event(JobStatus.RUNNING, owner)])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 import structlog
 
@@ -22,10 +24,10 @@ from dreamforge.domain.jobs import (
     seed_list,
 )
 from dreamforge.domain.progress import Stage
-from dreamforge.domain.records import Job
+from dreamforge.domain.records import IdempotencyKey, Job
 from dreamforge.events.writer import JobWriter
 from dreamforge.models.registry import ModelRegistry
-from dreamforge.store.jobs import JobPage, JobRepository
+from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +41,7 @@ class JobService:
         enqueue: Callable[[str], None],
         limits: Limits,
         default_model_id: str,
+        idempotency_key_ttl_s: float = 24 * 3600,
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -46,8 +49,40 @@ class JobService:
         self._enqueue = enqueue
         self._limits = limits
         self._default_model_id = default_model_id
+        self._key_ttl = timedelta(seconds=idempotency_key_ttl_s)
 
-    def submit(self, request: JobRequest) -> Job:
+    def submit(self, request: JobRequest, idempotency_key: str | None = None) -> Job:
+        """Create and queue the job. With an ``idempotency_key`` (the IETF draft's
+        ``Idempotency-Key``), the same key with the same request gives back the job it
+        created; with another request, an ``IDEMPOTENCY_KEY_REUSED`` problem."""
+        if idempotency_key is None:
+            return self._create(request, None)
+        key = IdempotencyKey(idempotency_key, _fingerprint(request))
+        found = self._jobs.job_for_key(key.key, utcnow() - self._key_ttl)
+        if found is not None:
+            return self._replay(key, *found)
+        try:
+            return self._create(request, key)
+        except KeyTaken:  # a concurrent create with this key got there first
+            found = self._jobs.job_for_key(key.key, utcnow() - self._key_ttl)
+            assert found is not None, "a key that is taken is recorded"
+            return self._replay(key, *found)
+
+    def _replay(self, key: IdempotencyKey, job_id: str, request_sha256: str) -> Job:
+        if request_sha256 != key.request_sha256:
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        "Idempotency-Key",
+                        "this key was used with another request body",
+                        "send a new key for a new request; reuse a key only to retry",
+                    )
+                ],
+                code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            )
+        return self.get(job_id)
+
+    def _create(self, request: JobRequest, key: IdempotencyKey | None) -> Job:
         model_id = request.model_id or self._default_model_id
         model = self._models.get(model_id)
         if model is None:
@@ -89,6 +124,8 @@ class JobService:
                     stage=Stage.QUEUED,
                 ),
             ],
+            key,
+            utcnow() - self._key_ttl,
         )
         try:
             self._enqueue(job.id)
@@ -142,3 +179,9 @@ class JobService:
         if job.status is JobStatus.CANCELED:
             return job
         raise Conflict(f"job {job_id} already {job.status.value}; there is nothing to cancel")
+
+
+def _fingerprint(request: JobRequest) -> str:
+    """The request as sent, canonical: the same fields give the same sha256."""
+    canonical = request.model_dump_json(exclude_unset=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -28,16 +28,23 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError
 from dreamforge.domain.events import EventData, EventType, JobEvent
 from dreamforge.domain.jobs import CLAIM, JobSpec, JobStatus, Transition, check_transition
-from dreamforge.domain.records import Artifact, Job
+from dreamforge.domain.records import Artifact, IdempotencyKey, Job
 from dreamforge.store.db import Database
-from dreamforge.store.tables import ArtifactRow, EventRow, JobRow
+from dreamforge.store.tables import ArtifactRow, EventRow, IdempotencyKeyRow, JobRow
+
+
+class KeyTaken(Exception):
+    """Another job was created with this idempotency key."""
+
 
 jobs = cast(Table, JobRow.__table__)
+idempotency_keys = cast(Table, IdempotencyKeyRow.__table__)
 events = cast(Table, EventRow.__table__)
 artifacts = cast(Table, ArtifactRow.__table__)
 
@@ -141,9 +148,17 @@ class JobRepository:
 
     # -- writes -------------------------------------------------------------------------
 
-    def create(self, job_id: str, spec: JobSpec, new_events: Sequence[EventData]) -> Job:
+    def create(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        new_events: Sequence[EventData],
+        idempotency: IdempotencyKey | None = None,
+        keys_expire_before: datetime | None = None,
+    ) -> Job:
         """Insert the job with its first events, in two statements: this is the API's
-        hottest write."""
+        hottest write. With ``idempotency``, the key is recorded in the same transaction;
+        raises ``KeyTaken`` (and creates nothing) if another job holds it already."""
         now = utcnow()
         job = Job(
             id=job_id,
@@ -176,7 +191,52 @@ class JobRepository:
                 )
             )
             _insert_events(connection, job_id, 0, new_events, now)
+            if idempotency is not None:
+                self._hold_key(connection, idempotency, job_id, now, keys_expire_before)
         return job
+
+    @staticmethod
+    def _hold_key(
+        connection: Connection,
+        idempotency: IdempotencyKey,
+        job_id: str,
+        now: datetime,
+        expire_before: datetime | None,
+    ) -> None:
+        if expire_before is not None:  # an expired key is free again
+            connection.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.key == idempotency.key,
+                    idempotency_keys.c.created_at < expire_before,
+                )
+            )
+        try:  # the primary key decides between concurrent creates; the loser's rolls back
+            connection.execute(
+                insert(idempotency_keys).values(
+                    key=idempotency.key,
+                    request_sha256=idempotency.request_sha256,
+                    job_id=job_id,
+                    created_at=now,
+                )
+            )
+        except IntegrityError as exc:
+            raise KeyTaken(idempotency.key) from exc
+
+    def job_for_key(self, key: str, created_after: datetime) -> tuple[str, str] | None:
+        """The job id and request fingerprint recorded with ``key``, unless expired."""
+        query = select(idempotency_keys.c.job_id, idempotency_keys.c.request_sha256).where(
+            idempotency_keys.c.key == key, idempotency_keys.c.created_at >= created_after
+        )
+        with self._db.reading() as connection:
+            row = connection.execute(query).first()
+            return (row.job_id, row.request_sha256) if row else None
+
+    def forget_keys(self, created_before: datetime) -> int:
+        with self._db.connection() as connection:
+            result = connection.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
+            )
+            return int(result.rowcount or 0)
 
     def record(self, job_id: str, new_events: Sequence[EventData], **fields: Any) -> list[JobEvent]:
         """Append events and update fields unconditionally."""

@@ -70,6 +70,15 @@ class DownloadRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+class IdempotencyKeyRow(Base):
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 
 from dreamforge.api.deps import BaseUrl, JobId, Jobs
 from dreamforge.api.schemas import (
@@ -65,9 +65,20 @@ def create_job(
     jobs: Jobs,
     base: BaseUrl,
     body: Annotated[JobRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry safely: the same key with the same body returns the job it "
+            "created (for 24 h); with another body, a 422 IDEMPOTENCY_KEY_REUSED.",
+        ),
+    ] = None,
 ) -> JobOut:
     """Queue a generation. Returns at once with the job; follow ``links.stream``."""
-    out = job_out(jobs.submit(body), base)
+    out = job_out(jobs.submit(body, idempotency_key), base)
     response.headers["Location"] = out.links.self
     return out
 
