@@ -155,3 +155,17 @@ def test_the_api_answers_503_while_postgres_is_down_and_recovers(
         postgres.remove()
     assert [j["status"] for j in finished] == ["succeeded"] * 3
     assert sorted(j["id"] for j in listed) == sorted(ids)  # none lost, none half-created
+
+
+def test_jobs_waiting_in_a_healthy_backlog_are_not_sent_twice(
+    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """With re-sends after 3 s, a backlog of 10 s: the broker still holds every waiting
+    job's message, so none is sent again (each extra send would be a wasted delivery)."""
+    settings = distributed_settings(port=free_port(), **FAST_RECOVERY)
+    with api_and_worker(settings, tiny_model_dir, tmp_path) as client:
+        ids = [submit(client, steps=30, seed=i)["id"] for i in range(8)]
+        finished = [wait_for(client, job_id, {"succeeded"}, timeout=180) for job_id in ids]
+    log = (tmp_path / "worker.log").read_text()
+    assert [j["attempts"] for j in finished] == [1] * 8
+    assert "reaper.resent" not in log and "job.not_claimed" not in log

@@ -138,7 +138,7 @@ class Runtime:
             download_service=DownloadService(
                 DownloadRepository(db), notifier, tasks.enqueue_download
             ),
-            reaper=Reaper(jobs, writer, tasks.enqueue_job),
+            reaper=Reaper(jobs, writer, tasks.enqueue_job, tasks.pending_job_ids),
         )
 
     def prepare(self) -> None:

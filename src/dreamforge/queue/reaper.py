@@ -25,11 +25,16 @@ log = structlog.get_logger(__name__)
 
 class Reaper:
     def __init__(
-        self, jobs: JobRepository, writer: JobWriter, enqueue: Callable[[str], None]
+        self,
+        jobs: JobRepository,
+        writer: JobWriter,
+        enqueue: Callable[[str], None],
+        pending_job_ids: Callable[[], set[str] | None],
     ) -> None:
         self._jobs = jobs
         self._writer = writer
         self._enqueue = enqueue
+        self._pending_job_ids = pending_job_ids
 
     def requeue_orphans(self, expired_before: datetime | None) -> list[str]:
         """Running jobs whose lease ran out go back to ``queued``; all of them if ``None``."""
@@ -81,8 +86,14 @@ class Reaper:
         now = utcnow()
         # A job taken back from a lost worker goes out at once, not after requeue_after_s.
         self.send(self.requeue_orphans(expired_before=now))
-        sent = self.send_queued(enqueued_before=now - timedelta(seconds=requeue_after_s))
-        if sent:
+        stale = self._jobs.queued_ids(now - timedelta(seconds=requeue_after_s))
+        if not stale:
+            return
+        # A job waiting behind others is not lost: only one the broker holds no message
+        # for is sent again (a Redis restart without persistence, say).
+        held = self._pending_job_ids()
+        lost = [job_id for job_id in stale if held is not None and job_id not in held]
+        if sent := self.send(lost):
             log.warning("reaper.resent", jobs=sent)
 
 

@@ -60,6 +60,19 @@ class Tasks:
     def enqueue_job(self, job_id: str) -> None:
         self.run_job.send(job_id)
 
+    def pending_job_ids(self) -> set[str] | None:
+        """The jobs the broker holds messages for (waiting, delayed or being worked on);
+        ``None`` where it cannot lose any: the in-memory broker, while its process lives
+        (a restart re-sends every queued job)."""
+        client = getattr(self.broker, "client", None)
+        if client is None:
+            return None
+        held: set[str] = set()
+        for suffix in (".msgs", ".DQ.msgs"):  # Redis keeps a body until it is acknowledged
+            for body in client.hvals(f"{self.broker.namespace}:{GPU_QUEUE}{suffix}"):
+                held.add(str(dramatiq.Message.decode(body).args[0]))
+        return held
+
     def enqueue_download(self, download_id: str) -> None:
         self.download_model.send(download_id)
 
