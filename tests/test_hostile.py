@@ -113,3 +113,11 @@ def test_no_secret_reaches_the_log_even_from_an_internal_error(
         server.stop(signal.SIGTERM)  # checks the log for every secret of its settings
     log = server.log.read_text()
     assert "Traceback" in log and "api.unexpected_error" in log  # the error was logged
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/models"])
+def test_a_body_that_is_not_even_text_is_a_422(live: LiveServer, path: str) -> None:
+    response = live.client.post(
+        path, content=b"i\x0f\xd8\x9ey\xff", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422, "body")

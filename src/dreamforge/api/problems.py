@@ -122,6 +122,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not even decode
+            body = FieldProblem("body", str(exc.detail), "send a valid JSON body, in UTF-8")
+            return problem(422, ErrorCode.VALIDATION_ERROR, body.message, request.url.path, [body])
         code = {
             404: ErrorCode.NOT_FOUND,
             403: ErrorCode.FORBIDDEN,

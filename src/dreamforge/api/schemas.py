@@ -395,3 +395,21 @@ def event_schemas() -> dict[str, Any]:
     definitions: dict[str, Any] = schema.pop("$defs")
     definitions["JobEvent"] = schema
     return definitions
+
+
+def sse_event_schema(data_schema: str, events: list[str]) -> dict[str, Any]:
+    """The schema of one Server-Sent Event whose ``data:`` is JSON of ``data_schema``."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "id": {"type": "string", "description": "The event's seq, where it has one."},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data_schema}"},
+            },
+            "retry": {"type": "integer"},
+        },
+    }

@@ -9,7 +9,13 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
 from dreamforge.api.deps import BaseUrl, DownloadId, Downloads, SsePing
-from dreamforge.api.schemas import DownloadLinks, DownloadOut, ModelSourceIn, problem_responses
+from dreamforge.api.schemas import (
+    DownloadLinks,
+    DownloadOut,
+    ModelSourceIn,
+    problem_responses,
+    sse_event_schema,
+)
 from dreamforge.domain.records import Download
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -79,7 +85,7 @@ def get_download(download_id: DownloadId, downloads: Downloads, base: BaseUrl) -
             "description": "The download now, then at each change, until it has ended",
             "content": {
                 "text/event-stream": {
-                    "schema": {"$ref": "#/components/schemas/DownloadOut"},
+                    "schema": sse_event_schema("DownloadOut", ["download"]),
                     "example": STREAM_EXAMPLE,
                 }
             },

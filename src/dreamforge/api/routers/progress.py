@@ -10,8 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
 from dreamforge.api.deps import Events, JobId, Jobs, SsePing
-from dreamforge.api.schemas import MAX_SEQ, ErrorOut, ProgressOut, problem_responses
+from dreamforge.api.schemas import (
+    MAX_SEQ,
+    ErrorOut,
+    ProgressOut,
+    problem_responses,
+    sse_event_schema,
+)
 from dreamforge.api.wire import sse_frames
+from dreamforge.domain.events import EventType
 from dreamforge.domain.progress import STAGE_WEIGHTS
 
 router = APIRouter(prefix="/v1/jobs", tags=["progress"])
@@ -60,7 +67,7 @@ def progress(job_id: JobId, jobs: Jobs) -> ProgressOut:
             "the `JobEvent` shapes",
             "content": {
                 "text/event-stream": {
-                    "schema": {"$ref": "#/components/schemas/JobEvent"},
+                    "schema": sse_event_schema("JobEvent", [t.value for t in EventType]),
                     "example": SSE_EXAMPLE,
                 }
             },
