@@ -13,13 +13,20 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.domain.jobs import JobSpec, JobStatus
 from dreamforge.runners.device import fit_batch, select_device
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
-from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
+from dreamforge.runners.protocol import (
+    ItemRendered,
+    ItemToRender,
+    ModelRef,
+    RenderRequest,
+    StepDone,
+)
 from dreamforge.runners.sdxl import SdxlRunner
 from tests.conftest import LiveServer
 from tests.helpers import run_to_end, submit, wait_for
@@ -170,3 +177,62 @@ def test_a_micro_batch_fits_the_free_device_memory() -> None:
     assert fit_batch(8, 10 * gib, 1024, 1024) == 2  # ~3 GB an item at 1024x1024
     assert fit_batch(8, 10 * gib, 512, 512) == 8
     assert fit_batch(8, 1 * gib, 1024, 1024) == 1  # never zero: OOM halving is the backstop
+
+
+class SmallDevice:
+    """The real pipeline on a device that runs out of memory above ``fits`` images at
+    once: the out-of-memory error of a GPU, where there is none."""
+
+    def __init__(self, pipe: Any, fits: int) -> None:
+        object.__setattr__(self, "_pipe", pipe)
+        object.__setattr__(self, "_fits", fits)
+        object.__setattr__(self, "calls", [])
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append(len(kwargs["prompt"]))
+        if len(kwargs["prompt"]) > self._fits:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self._pipe(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._pipe, name, value)
+
+
+def test_a_micro_batch_that_runs_out_of_memory_is_halved(tiny_model_dir: Path) -> None:
+    runner = SdxlRunner(select_device("cpu"))
+    model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
+    spec = JobSpec(
+        prompt="a red fox",
+        negative_prompt="",
+        width=64,
+        height=64,
+        steps=2,
+        guidance_scale=5.0,
+        scheduler="euler",
+        seed=5,
+        model_id="tiny",
+        count=5,
+        item_seeds=(5, 6, 7, 8, 9),
+    )
+    items = tuple(ItemToRender(i, 5 + i) for i in range(5))
+    runner.generate(RenderRequest(spec, model, (), max_batch=1), lambda _: None, bool)  # load
+    sha, pipe, config = runner._pipelines["tiny"]
+    device = SmallDevice(pipe, fits=2)
+    runner._pipelines["tiny"] = (sha, device, config)
+
+    out: list[object] = []
+    runner.generate(RenderRequest(spec, model, items, max_batch=4), out.append, bool)
+    assert device.calls == [4, 2, 2, 1]  # 4 did not fit; then halves, then what is left
+    batches = sorted({m.items for m in out if isinstance(m, StepDone)})
+    assert batches == [(0, 1), (2, 3), (4,)]
+    rendered = [m.item_index for m in out if isinstance(m, ItemRendered)]
+    assert sorted(rendered) == [0, 1, 2, 3, 4]
+
+    device = SmallDevice(pipe, fits=0)  # not even one image: the job's GPU_OOM
+    runner._pipelines["tiny"] = (sha, device, config)
+    with pytest.raises(torch.OutOfMemoryError):
+        runner.generate(RenderRequest(spec, model, items, max_batch=4), lambda _: None, bool)
+    assert device.calls == [4, 2, 1]

@@ -1,0 +1,49 @@
+"""Following a job's events: the notifier is a fast path, the log the truth. Events that
+overtake each other between processes, or a publish that never arrives, must cost a read
+of the log, never an event or the order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from dreamforge.domain.clock import utcnow
+from dreamforge.domain.events import DoneData, JobEvent, ProgressData, log_event, status_event
+from dreamforge.domain.jobs import JobStatus
+from dreamforge.events.follow import JobEvents
+from dreamforge.events.notifier import InProcessNotifier
+from dreamforge.store.db import Database
+from dreamforge.store.jobs import JobRepository
+from tests.test_store import SPEC
+
+
+def test_events_that_arrive_out_of_order_are_streamed_in_order(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    db.upgrade()
+    jobs, notifier = JobRepository(db), InProcessNotifier()
+    job_id = str(uuid.uuid4())
+    jobs.create(job_id, SPEC, [status_event(JobStatus.QUEUED)])  # seq 1
+
+    async def scenario() -> list[tuple[int | None, str]]:
+        stream = JobEvents(jobs, notifier, poll_s=30).follow(job_id, 0)
+        seen = [(e.seq, e.type.value) for e in await anext(stream)]  # the replay: seq 1
+        # Three writes land in the log; the notifier delivers the last one first, and a
+        # live progress event with it. The stream must fetch 2 and 3 from the log.
+        two = jobs.record(job_id, [log_event("two")])
+        three = jobs.record(job_id, [log_event("three")])
+        four = jobs.record(
+            job_id, [log_event("four"), DoneData(status=JobStatus.SUCCEEDED, error=None)]
+        )
+        live = JobEvent.live(job_id, ProgressData(progress=0.5, stage="denoising"), utcnow())
+        notifier.publish(job_id, [live, *four])
+        async for batch in stream:
+            seen += [(e.seq, e.type.value) for e in batch]
+        assert two and three
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    durable = [seq for seq, _ in seen if seq is not None]
+    assert durable == [1, 2, 3, 4, 5], seen  # 2 and 3 refilled from the log, in order
+    assert (None, "progress") in seen and seen[-1] == (5, "done")
+    db.dispose()
