@@ -21,7 +21,6 @@ from dreamforge.runners.device import select_device
 from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
     Failed,
-    ItemRendered,
     ItemToRender,
     ModelRef,
     RenderRequest,
@@ -30,7 +29,7 @@ from dreamforge.runners.protocol import (
 from dreamforge.runners.sdxl import ModelUnusable, SdxlRunner
 from dreamforge.store.db import Database
 from dreamforge.store.models import ModelRepository
-from tests.test_pipeline import Bare, png_pixels
+from tests.test_pipeline import assert_renders_like
 
 cli = CliRunner()
 
@@ -81,26 +80,7 @@ def test_an_added_diffusers_folder_is_copied_hashed_and_renders(
     )
     assert model.provenance["added_from"] == str(tiny_model_dir.resolve())
 
-    # What was registered is what renders: the same pixels as the original folder.
-    spec = {
-        "prompt": "a fox",
-        "negative_prompt": "",
-        "width": 64,
-        "height": 64,
-        "steps": 2,
-        "guidance_scale": 5.0,
-        "scheduler": "euler",
-        "seed": 3,
-        "model_id": "my-sdxl",
-    }
-    messages: list[object] = []
-    SdxlRunner(select_device("cpu")).generate(
-        RenderRequest(JobSpec(**spec), ModelRef.of(model), (ItemToRender(0, 3),)),
-        messages.append,
-        bool,
-    )
-    png = next(m for m in messages if isinstance(m, ItemRendered)).png
-    assert png_pixels(png)[1] == Bare(tiny_model_dir).pixels(spec, 3)
+    assert_renders_like(model, tiny_model_dir)  # what was registered is what renders
 
     shown = run("show", "my-sdxl", "--data-dir", str(data))[1]
     assert "unet/diffusion_pytorch_model.safetensors" in shown and model.sha256 in shown

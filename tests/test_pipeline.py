@@ -27,6 +27,7 @@ from PIL import Image
 
 from dreamforge.artifacts.receipts import read_png_text, read_receipt
 from dreamforge.domain.jobs import JobSpec, Scheduler
+from dreamforge.domain.records import Model
 from dreamforge.runners.device import select_device
 from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
 from dreamforge.runners.sdxl import SdxlRunner
@@ -151,3 +152,22 @@ def test_the_model_hash_is_the_hash_of_its_files(live: LiveServer, tiny_model_di
     artifact = live.client.get(job["links"]["artifacts"]).json()["data"][0]
     parameters = read_png_text(httpx.get(artifact["url"]).content)["parameters"]
     assert f"Model hash: {expected[:10]}," in parameters
+
+
+def assert_renders_like(model: Model, original: Path) -> None:
+    """A registered model renders, through the runner, what ``original`` (a diffusers
+    folder) renders through bare diffusers: the same weights arrived, all of them."""
+    spec = JobSpec(
+        prompt="a fox",
+        negative_prompt="",
+        width=64,
+        height=64,
+        steps=2,
+        guidance_scale=5.0,
+        scheduler=Scheduler.EULER,
+        seed=3,
+        model_id=model.id,
+    )
+    request = RenderRequest(spec, ModelRef.of(model), (ItemToRender(0, 3),))
+    png = render(SdxlRunner(select_device("cpu")), request)
+    assert png_pixels(png)[1] == Bare(original).pixels(spec.model_dump(mode="json"), 3)

@@ -13,14 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dreamforge.cli import app
-from dreamforge.domain.jobs import JobSpec
 from dreamforge.models.formats import SD1_KEY, SDXL_KEY
-from dreamforge.runners.device import select_device
-from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
-from dreamforge.runners.sdxl import SdxlRunner
 from tests.hubs import CivitaiVersion, FakeCivitai, FakeHub, LocalHttpServer
 from tests.test_models import registry, safetensors_with
-from tests.test_pipeline import Bare, png_pixels
+from tests.test_pipeline import assert_renders_like
 
 cli = CliRunner()
 
@@ -216,23 +212,7 @@ def test_a_diffusers_repository_from_the_hub_renders_like_the_original(
     assert code == 0, output
     model = registry(tmp_path / "d").get("tiny-sdxl")
     assert model is not None and (model.format, model.base) == ("diffusers", "sdxl")
-    spec = JobSpec(
-        prompt="a fox",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=5.0,
-        scheduler="euler",
-        seed=3,
-        model_id="tiny-sdxl",
-    )
-    messages: list[object] = []
-    SdxlRunner(select_device("cpu")).generate(
-        RenderRequest(spec, ModelRef.of(model), (ItemToRender(0, 3),)), messages.append, bool
-    )
-    png = next(m for m in messages if isinstance(m, ItemRendered)).png
-    assert png_pixels(png)[1] == Bare(tiny_model_dir).pixels(spec.model_dump(mode="json"), 3)
+    assert_renders_like(model, tiny_model_dir)
 
 
 def test_a_source_in_no_known_form_is_refused_with_the_forms(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ name is always whole. An interrupted download resumes from the partial file with
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+
+from dreamforge.models.formats import file_sha256
 
 Progress = Callable[[int, int | None], None]  # bytes so far, total if known
 
@@ -87,7 +88,7 @@ def fetch(
         url = done
     else:
         raise DownloadError(f"too many redirects fetching {destination.name}")
-    actual = _sha256(partial)
+    actual = file_sha256(partial)
     if expected_sha256 is not None and actual != expected_sha256.lower():
         partial.unlink()
         raise HashMismatch(destination.name, expected_sha256.lower(), actual)
@@ -152,11 +153,3 @@ def _check(response: httpx.Response, name: str) -> None:
 def _total(response: httpx.Response, have: int) -> int | None:
     length = response.headers.get("content-length")
     return have + int(length) if length is not None and length.isdigit() else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -8,6 +8,7 @@ run code when loaded: they are refused unless the operator opts in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -30,6 +31,15 @@ PIPELINE_ARCHITECTURES = {
 }
 SUPPORTED = frozenset({"sdxl"})
 NAMES = {"sdxl": "SDXL", "sdxl_refiner": "the SDXL refiner", "sd1": "SD 1.x", "sd2": "SD 2.x"}
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class UnsupportedModel(ValueError):

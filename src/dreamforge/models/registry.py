@@ -14,21 +14,18 @@ from typing import Any
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.jobs import MODEL_ID_PATTERN, ModelDefaults, Scheduler
 from dreamforge.domain.records import Model, ModelFile
-from dreamforge.models.formats import WEIGHT_SUFFIXES, UnsupportedModel, inspect_model
+from dreamforge.models.formats import (
+    WEIGHT_SUFFIXES,
+    UnsupportedModel,
+    file_sha256,
+    inspect_model,
+)
 from dreamforge.store.models import ModelRepository
 
 # Tiny models are for tests and demos: small images, few steps, so a CPU answers in a second.
 TINY_DEFAULTS = ModelDefaults(
     width=64, height=64, steps=4, guidance_scale=5.0, scheduler=Scheduler.EULER
 )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hash_weights(root: Path) -> tuple[str, list[ModelFile]]:
