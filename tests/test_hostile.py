@@ -121,3 +121,34 @@ def test_a_body_that_is_not_even_text_is_a_422(live: LiveServer, path: str) -> N
         path, content=b"i\x0f\xd8\x9ey\xff", headers={"content-type": "application/json"}
     )
     assert_problem(response, 422, "body")
+
+
+def test_options_and_405s_list_every_method_of_a_path(live: LiveServer) -> None:
+    for path, methods in [
+        ("/v1/models", "GET, HEAD, OPTIONS, POST"),
+        ("/v1/jobs", "GET, HEAD, OPTIONS, POST"),
+        (f"/v1/jobs/{'0' * 8}/cancel", "OPTIONS, POST"),
+    ]:
+        response = live.client.options(path)
+        assert response.status_code == 204 and response.headers["allow"] == methods, path
+        refused = live.client.delete(path)
+        assert refused.status_code == 405 and refused.headers["allow"] == methods, path
+        assert refused.headers["content-type"] == PROBLEM
+    assert_problem(live.client.options("/nowhere"), 404)
+
+
+def test_the_document_states_this_servers_limits(live: LiveServer) -> None:
+    spec = live.client.get("/openapi.json").json()
+    fields = spec["components"]["schemas"]["JobRequest"]["properties"]
+    maxima = {
+        name: [v.get("maximum") for v in fields[name]["anyOf"] if v.get("type") == "integer"]
+        for name in ("width", "height", "steps")
+    }
+    settings = live.runtime.settings
+    assert maxima == {
+        "width": [settings.max_width],
+        "height": [settings.max_height],
+        "steps": [settings.max_steps],
+    }
+    too_wide = live.client.post("/v1/jobs", json={"prompt": "x", "width": settings.max_width + 8})
+    assert too_wide.status_code == 422  # and the server holds to what it says

@@ -10,10 +10,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from dreamforge import __version__
-from dreamforge.api import problems
+from dreamforge.api import options, problems
 from dreamforge.api.problems import PROBLEM_JSON
 from dreamforge.api.routers import artifacts, downloads, health, jobs, logs, models, progress
 from dreamforge.api.schemas import event_schemas, problem_example
+from dreamforge.config import Settings
 from dreamforge.runners.protocol import Runner
 from dreamforge.runtime import Runtime
 
@@ -57,6 +58,7 @@ def create_app(
     ):
         app.include_router(router)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    options.install(app)
     return app
 
 
@@ -84,7 +86,22 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
                     content.pop("application/json", None)
                     content[PROBLEM_JSON]["schema"] = problem_ref
     schema["components"]["schemas"].update(event_schemas())
+    _document_limits(schema, app.state.runtime.settings)
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)
     app.openapi_schema = schema
     return schema
+
+
+def _document_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """The operator's limits are part of the contract: clients (and generators of test
+    data) see the maxima this server enforces, not only the type's."""
+    fields = schema["components"]["schemas"]["JobRequest"]["properties"]
+    for name, maximum in (
+        ("width", settings.max_width),
+        ("height", settings.max_height),
+        ("steps", settings.max_steps),
+    ):
+        for variant in fields[name].get("anyOf", [fields[name]]):
+            if variant.get("type") == "integer":
+                variant["maximum"] = maximum

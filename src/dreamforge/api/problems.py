@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
+from dreamforge.api.options import allowed_methods
 from dreamforge.domain.errors import (
     Conflict,
     DreamForgeError,
@@ -130,13 +131,13 @@ def install(app: FastAPI) -> None:
             403: ErrorCode.FORBIDDEN,
             401: ErrorCode.UNAUTHORIZED,
         }.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
-        return problem(
-            exc.status_code,
-            code,
-            str(exc.detail),
-            request.url.path,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method the path has, not the first route's
+            methods = allowed_methods(request.app, request)
+            if methods == ["OPTIONS"]:  # only the catch-all OPTIONS route matched
+                return problem(404, ErrorCode.NOT_FOUND, "Not Found", request.url.path)
+            headers["Allow"] = ", ".join(methods)
+        return problem(exc.status_code, code, str(exc.detail), request.url.path, headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:

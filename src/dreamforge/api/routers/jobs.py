@@ -94,7 +94,14 @@ def list_jobs(
     base: BaseUrl,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_=-]+$",
+            description="next_cursor of the previous page, as given (an opaque string)",
+        ),
+    ] = None,
 ) -> JobListOut:
     page = jobs.page(status, limit, cursor)
     return JobListOut(data=[job_out(j, base) for j in page.jobs], next_cursor=page.next_cursor)

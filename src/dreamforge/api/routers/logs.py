@@ -73,7 +73,15 @@ def logs(
     job_id: JobId,
     events: Events,
     tail: Annotated[int | None, Query(ge=1, le=10_000, description="Only the last N")] = None,
-    since: Annotated[str | None, Query(description="After this seq or ISO 8601 time")] = None,
+    since: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="After this seq (e.g. 12) or ISO 8601 time with a zone (e.g. "
+            "2026-11-29T08:00:00Z)",
+            examples=["12", "2026-11-29T08:00:00Z"],
+        ),
+    ] = None,
 ) -> Response:
     after, when = _parse_since(since) if since else (0, None)
     if when is not None and when.tzinfo is None:
