@@ -22,6 +22,7 @@ from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
     Failed,
     ItemToRender,
+    ModelLoaded,
     ModelRef,
     RenderRequest,
     Tick,
@@ -232,3 +233,37 @@ def test_a_model_whose_files_changed_fails_to_load_with_model_not_ready(
         runner.stop()
     assert isinstance(outcome, Failed) and outcome.code is ErrorCode.MODEL_NOT_READY
     assert outcome.message == "model m: unet/diffusion_pytorch_model.safetensors is missing"
+
+
+def test_resident_pipelines_stay_loaded_within_their_budget(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    for name in ("a", "b", "c"):
+        assert (
+            run("add", str(tiny_model_dir), "--id", name, "--link", "--data-dir", str(data))[0] == 0
+        )
+    models = {m.id: ModelRef.of(m) for m in registry(data).list()}
+    size = sum(s for _, s in models["a"].files)
+
+    def load(runner: SdxlRunner, model_id: str) -> bool:
+        loaded = [m for m in _messages(runner, models[model_id]) if isinstance(m, ModelLoaded)]
+        return loaded[0].cached
+
+    two = SdxlRunner(select_device("cpu"), memory_budget_bytes=2 * size + 1)
+    assert [load(two, m) for m in ("a", "b", "a", "c", "a", "b")] == [
+        False,  # a
+        False,  # b
+        True,  # a, resident
+        False,  # c: b, the least recently used, makes room
+        True,  # a, still resident
+        False,  # b, unloaded for c
+    ]
+    one = SdxlRunner(select_device("cpu"), memory_budget_bytes=size)
+    assert [load(one, m) for m in ("a", "a", "b", "a")] == [False, True, False, False]
+
+
+def _messages(runner: SdxlRunner, model: ModelRef) -> list[object]:
+    out: list[object] = []
+    runner.generate(RenderRequest(None, model, ()), out.append, bool)
+    return out

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     )
     lease_s: float = Field(30.0, gt=0, description="How long a worker's claim on a job lasts.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its claim.")
+    resident_models_bytes: int = Field(
+        0,
+        ge=0,
+        description="Memory for pipelines kept loaded between jobs, least recently used "
+        "unloaded first; 0: 70% of the GPU, or a quarter of the memory on a CPU.",
+    )
     max_batch_size: int = Field(
         4,
         ge=1,

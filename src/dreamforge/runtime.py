@@ -59,10 +59,10 @@ def make_notifier(settings: Settings, serves_streams: bool) -> Notifier:
     return RedisNotifier(settings.broker_url, settings.redis_namespace, serves_streams)
 
 
-def default_runner() -> Runner:
+def default_runner(settings: Settings) -> Runner:
     from dreamforge.runners.process import SdxlProcessRunner  # the child imports torch
 
-    return SdxlProcessRunner()
+    return SdxlProcessRunner(memory_budget_bytes=settings.resident_models_bytes or None)
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Runtime:
                 PullSettings.of(self.settings),
             )
             self.tasks.attach(download_model=downloads.run)
-        runner = runner or default_runner()
+        runner = runner or default_runner(self.settings)
         default = self.models.get(self.settings.default_model_id)
         if default is not None and GPU_QUEUE in queues:
             runner.preload(ModelRef.of(default))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -61,3 +62,12 @@ def free_memory(choice: DeviceChoice) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(choice.device)
     return int(free)
+
+
+def default_budget(choice: DeviceChoice) -> int:
+    """Memory for resident pipelines when none is configured: 70% of a GPU, a quarter of
+    the machine's memory on a CPU."""
+    if choice.device.type == "cuda":
+        _free, total = torch.cuda.mem_get_info(choice.device)
+        return int(total * 0.7)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)

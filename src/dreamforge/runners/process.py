@@ -34,13 +34,16 @@ log = structlog.get_logger(__name__)
 
 
 def _child_main(
-    conn: multiprocessing.connection.Connection, cancel: Event, device: str | None
+    conn: multiprocessing.connection.Connection,
+    cancel: Event,
+    device: str | None,
+    memory_budget_bytes: int | None,
 ) -> None:
     from dreamforge.runners.device import memory_report, select_device
     from dreamforge.runners.sdxl import Canceled, ModelUnusable, SdxlRunner
 
     choice = select_device(device)
-    runner = SdxlRunner(choice)
+    runner = SdxlRunner(choice, memory_budget_bytes)
     while True:
         try:
             request = conn.recv()
@@ -70,8 +73,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class SdxlProcessRunner:
     """The SDXL runner in a child process (see the module docstring)."""
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, memory_budget_bytes: int | None = None) -> None:
         self._device = device
+        self._memory_budget_bytes = memory_budget_bytes
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
@@ -90,7 +94,7 @@ class SdxlProcessRunner:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
             target=_child_main,
-            args=(child, self._cancel, self._device),
+            args=(child, self._cancel, self._device, self._memory_budget_bytes),
             name="dreamforge-runner",
             daemon=True,
         )

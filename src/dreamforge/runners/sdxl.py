@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib.metadata import version
@@ -27,7 +26,7 @@ from PIL import Image
 from dreamforge import __version__
 from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
 from dreamforge.domain.jobs import JobSpec, Scheduler
-from dreamforge.runners.device import DeviceChoice, fit_batch, free_memory
+from dreamforge.runners.device import DeviceChoice, default_budget, fit_batch, free_memory
 from dreamforge.runners.protocol import (
     ItemRendered,
     ItemToRender,
@@ -37,6 +36,7 @@ from dreamforge.runners.protocol import (
     RunnerMessage,
     StepDone,
 )
+from dreamforge.runners.resident import Resident, ResidentPipelines
 
 SCHEDULERS: dict[Scheduler, Any] = {
     Scheduler.EULER: EulerDiscreteScheduler,
@@ -81,28 +81,25 @@ def library_versions() -> dict[str, str]:
 
 
 class SdxlRunner:
-    def __init__(self, device: DeviceChoice, max_pipelines: int = 1) -> None:
+    def __init__(self, device: DeviceChoice, memory_budget_bytes: int | None = None) -> None:
         self._device = device
-        self._max_pipelines = max_pipelines
-        self._pipelines: OrderedDict[str, tuple[str, StableDiffusionXLPipeline, Any]] = (
-            OrderedDict()
-        )
+        budget = memory_budget_bytes or default_budget(device)
+        self._resident = ResidentPipelines(budget)
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
         self._versions = library_versions()
         diffusers_logging.disable_progress_bar()
 
     def _load(self, model: ModelRef) -> tuple[StableDiffusionXLPipeline, Any, ModelLoaded]:
         started = time.perf_counter()
-        cached = self._pipelines.get(model.id)
-        if cached is not None and cached[0] == model.sha256:
-            self._pipelines.move_to_end(model.id)
-            _, pipe, scheduler_config = cached
+        resident = self._resident.get(model.id, model.sha256)
+        if resident is not None:
+            pipe, scheduler_config = resident.pipe, resident.scheduler_config
             return pipe, scheduler_config, self._loaded(model, started, cached=True)
-        self._pipelines.pop(model.id, None)
-        while len(self._pipelines) >= self._max_pipelines:
-            self._pipelines.popitem(last=False)
-        self._schedulers = {k: v for k, v in self._schedulers.items() if k[0] in self._pipelines}
         check_files(model)
+        size = sum(size for _, size in model.files)
+        self._resident.make_room(model.id, size)
+        self._schedulers = {k: v for k, v in self._schedulers.items() if k[0] in self._resident}
+        _empty_cache(self._device)
         try:
             if model.format == "single_file":
                 pipe = StableDiffusionXLPipeline.from_single_file(
@@ -121,7 +118,7 @@ class SdxlRunner:
         pipe = pipe.to(self._device.device)
         pipe.set_progress_bar_config(disable=True)
         scheduler_config = pipe.scheduler.config
-        self._pipelines[model.id] = (model.sha256, pipe, scheduler_config)
+        self._resident.add(model.id, Resident(model.sha256, pipe, scheduler_config, size))
         return pipe, scheduler_config, self._loaded(model, started, cached=False)
 
     def _loaded(self, model: ModelRef, started: float, cached: bool) -> ModelLoaded:
