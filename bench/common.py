@@ -17,14 +17,19 @@ from httpx_sse import connect_sse
 SPEC = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "steps": 4}
 
 
-def run_job(client: httpx.Client, seed: int) -> bytes:
-    """Submit, wait for the terminal event on SSE, fetch the image: what a client does."""
-    job = client.post("/v1/jobs", json={**SPEC, "seed": seed}).raise_for_status().json()
+def run_job(
+    client: httpx.Client, seed: int, spec: dict[str, Any] = SPEC, read_back: bool = False
+) -> bytes:
+    """Submit, wait for the terminal event on SSE (and read the job back), fetch the
+    image: what a client does."""
+    job = client.post("/v1/jobs", json={**spec, "seed": seed}).raise_for_status().json()
     with connect_sse(client, "GET", job["links"]["stream"]) as source:
         for event in source.iter_sse():
             if event.event == "done":
                 assert json.loads(event.data)["status"] == "succeeded", event.data
                 break
+    if read_back:
+        client.get(job["links"]["self"]).raise_for_status()
     artifact = client.get(job["links"]["artifacts"]).json()["data"][0]
     return client.get(artifact["url"]).raise_for_status().content
 

@@ -19,16 +19,14 @@ Target: cpu_ms_per_job <= 15 (embedded).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import psutil
-from httpx_sse import connect_sse
 
-from bench.common import EmbeddedServer
+from bench.common import EmbeddedServer, run_job
 from bench.distributed import stack
 
 JOBS = 30
@@ -38,15 +36,7 @@ SPEC = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "steps": 30
 
 
 def client_job(client: httpx.Client, seed: int) -> None:
-    job = client.post("/v1/jobs", json={**SPEC, "seed": seed}).raise_for_status().json()
-    with connect_sse(client, "GET", job["links"]["stream"]) as source:
-        for event in source.iter_sse():
-            if event.event == "done":
-                assert json.loads(event.data)["status"] == "succeeded", event.data
-                break
-    client.get(job["links"]["self"]).raise_for_status()
-    artifact = client.get(job["links"]["artifacts"]).json()["data"][0]
-    client.get(artifact["url"]).raise_for_status()
+    run_job(client, seed, SPEC, read_back=True)
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

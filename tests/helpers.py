@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from dreamforge.domain.jobs import JobSpec
+
 
 @dataclass(frozen=True)
 class Event:
@@ -109,3 +111,19 @@ def cancel_while_following(client: httpx.Client, job: dict[str, Any]) -> tuple[i
     events = read_stream(client, job["id"], until=cancel_once)
     assert sent_at, "no denoising step was seen"
     return sent_at[0], events
+
+
+def tiny_spec(**fields: Any) -> JobSpec:
+    """A resolved spec for the tiny model, small and quick; ``fields`` override it."""
+    values: dict[str, Any] = {
+        "prompt": "a red fox",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "guidance_scale": 5.0,
+        "scheduler": "euler",
+        "seed": 5,
+        "model_id": "tiny",
+    }
+    return JobSpec(**{**values, **fields})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 from dreamforge.artifacts.receipts import read_receipt
-from dreamforge.domain.jobs import JobSpec, JobStatus
+from dreamforge.domain.jobs import JobStatus
 from dreamforge.runners.device import fit_batch, select_device
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
 from dreamforge.runners.protocol import (
@@ -29,7 +30,7 @@ from dreamforge.runners.protocol import (
 )
 from dreamforge.runners.sdxl import SdxlRunner
 from tests.conftest import LiveServer
-from tests.helpers import run_to_end, submit, wait_for
+from tests.helpers import run_to_end, submit, tiny_spec, wait_for
 from tests.test_lifecycle import FakeServer, fake, lifecycle  # noqa: F401 - the fixture
 
 BATCH = {"prompt": "four foxes", "negative_prompt": "snow", "seed": 500, "count": 4, "steps": 3}
@@ -82,16 +83,11 @@ def test_an_item_rendered_alone_matches_its_batched_render(tiny_model_dir: Path)
     CPU: at most 1 level of 255 on any pixel (docs/batches.md); the bound is 2."""
     runner = SdxlRunner(select_device("cpu"))
     model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
-    spec = JobSpec(
-        prompt="a red fox",
+    spec = tiny_spec(
         negative_prompt="blurry",
         width=96,
-        height=64,
         steps=3,
-        guidance_scale=5.0,
         scheduler="euler_a",
-        seed=5,
-        model_id="tiny",
         count=4,
         item_seeds=(5, 6, 7, 8),
     )
@@ -204,24 +200,14 @@ class SmallDevice:
 def test_a_micro_batch_that_runs_out_of_memory_is_halved(tiny_model_dir: Path) -> None:
     runner = SdxlRunner(select_device("cpu"))
     model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
-    spec = JobSpec(
-        prompt="a red fox",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=5.0,
-        scheduler="euler",
-        seed=5,
-        model_id="tiny",
-        count=5,
-        item_seeds=(5, 6, 7, 8, 9),
-    )
+    spec = tiny_spec(count=5, item_seeds=(5, 6, 7, 8, 9))
     items = tuple(ItemToRender(i, 5 + i) for i in range(5))
     runner.generate(RenderRequest(spec, model, (), max_batch=1), lambda _: None, bool)  # load
-    sha, pipe, config = runner._pipelines["tiny"]
+    resident = runner._resident.get(model.id, model.sha256)
+    assert resident is not None
+    pipe = resident.pipe
     device = SmallDevice(pipe, fits=2)
-    runner._pipelines["tiny"] = (sha, device, config)
+    runner._resident.add(model.id, dataclasses.replace(resident, pipe=device))
 
     out: list[object] = []
     runner.generate(RenderRequest(spec, model, items, max_batch=4), out.append, bool)
@@ -232,7 +218,7 @@ def test_a_micro_batch_that_runs_out_of_memory_is_halved(tiny_model_dir: Path) -
     assert sorted(rendered) == [0, 1, 2, 3, 4]
 
     device = SmallDevice(pipe, fits=0)  # not even one image: the job's GPU_OOM
-    runner._pipelines["tiny"] = (sha, device, config)
+    runner._resident.add(model.id, dataclasses.replace(resident, pipe=device))
     with pytest.raises(torch.OutOfMemoryError):
         runner.generate(RenderRequest(spec, model, items, max_batch=4), lambda _: None, bool)
     assert device.calls == [4, 2, 1]

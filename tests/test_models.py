@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from dreamforge.cli import app
 from dreamforge.config import Settings
 from dreamforge.domain.errors import ErrorCode
-from dreamforge.domain.jobs import JobSpec
 from dreamforge.models.formats import SD1_KEY, SDXL_KEY
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runners.device import select_device
@@ -30,6 +29,7 @@ from dreamforge.runners.protocol import (
 from dreamforge.runners.sdxl import ModelUnusable, SdxlRunner
 from dreamforge.store.db import Database
 from dreamforge.store.models import ModelRepository
+from tests.helpers import tiny_spec
 from tests.test_pipeline import assert_renders_like
 
 cli = CliRunner()
@@ -200,17 +200,7 @@ def test_a_model_whose_files_changed_fails_to_load_with_model_not_ready(
     assert run("add", str(tiny_model_dir), "--id", "m", "--data-dir", str(data))[0] == 0
     model = registry(data).get("m")
     assert model is not None
-    spec = JobSpec(
-        prompt="a fox",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=1,
-        guidance_scale=5.0,
-        scheduler="euler",
-        seed=1,
-        model_id="m",
-    )
+    spec = tiny_spec(prompt="a fox", steps=1, seed=1, model_id="m")
     request = RenderRequest(spec, ModelRef.of(model), (ItemToRender(0, 1),))
     unet = Path(model.path) / "unet" / "diffusion_pytorch_model.safetensors"
     original = unet.read_bytes()

@@ -26,13 +26,13 @@ from diffusers import (
 from PIL import Image
 
 from dreamforge.artifacts.receipts import read_png_text, read_receipt
-from dreamforge.domain.jobs import JobSpec, Scheduler
+from dreamforge.domain.jobs import Scheduler
 from dreamforge.domain.records import Model
 from dreamforge.runners.device import select_device
 from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
 from dreamforge.runners.sdxl import SdxlRunner
 from tests.conftest import LiveServer
-from tests.helpers import run_to_end
+from tests.helpers import run_to_end, tiny_spec
 
 DIFFUSERS_SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
@@ -94,17 +94,7 @@ def test_each_scheduler_renders_what_diffusers_renders_with_it(
     model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
     rendered: dict[str, bytes] = {}
     for name in Scheduler:
-        spec = JobSpec(
-            prompt="a red fox",
-            negative_prompt="",
-            width=64,
-            height=64,
-            steps=3,
-            guidance_scale=5.0,
-            scheduler=name,
-            seed=31,
-            model_id="tiny",
-        )
+        spec = tiny_spec(steps=3, scheduler=name, seed=31)
         _, pixels = png_pixels(render(runner, RenderRequest(spec, model, (ItemToRender(0, 31),))))
         assert pixels == bare.pixels(spec.model_dump(mode="json"), 31), name
         rendered[name.value] = pixels
@@ -157,17 +147,7 @@ def test_the_model_hash_is_the_hash_of_its_files(live: LiveServer, tiny_model_di
 def assert_renders_like(model: Model, original: Path) -> None:
     """A registered model renders, through the runner, what ``original`` (a diffusers
     folder) renders through bare diffusers: the same weights arrived, all of them."""
-    spec = JobSpec(
-        prompt="a fox",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=5.0,
-        scheduler=Scheduler.EULER,
-        seed=3,
-        model_id=model.id,
-    )
+    spec = tiny_spec(prompt="a fox", scheduler=Scheduler.EULER, seed=3, model_id=model.id)
     request = RenderRequest(spec, ModelRef.of(model), (ItemToRender(0, 3),))
     png = render(SdxlRunner(select_device("cpu")), request)
     assert png_pixels(png)[1] == Bare(original).pixels(spec.model_dump(mode="json"), 3)
