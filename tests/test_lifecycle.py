@@ -293,3 +293,15 @@ def test_readiness_fails_when_storage_or_the_worker_thread_fails(
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["queue"] == "error: the worker thread has stopped"
+
+
+def test_a_job_may_ask_for_its_own_time_limit_within_the_servers(fake: FakeServer) -> None:
+    started = time.monotonic()
+    job, events = finished(fake.client, "slow", steps=100, time_limit_s=0.5)
+    assert time.monotonic() - started < 1.8  # its own 0.5 s, not the server's 2 s
+    assert_failed_cleanly(fake, job, events, "TIMEOUT")
+    assert "limit of 0.5s" in job["error"]["message"]
+
+    too_long = fake.client.post("/v1/jobs", json={"prompt": "x", "time_limit_s": 10**6})
+    assert too_long.status_code == 422
+    assert [e["field"] for e in too_long.json()["errors"]] == ["time_limit_s"]

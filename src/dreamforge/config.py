@@ -122,7 +122,12 @@ class Settings(BaseSettings):
         "followers get every step live.",
     )
     sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
-    job_time_limit_s: float = Field(3600, gt=0, description="Hard limit on one job's run.")
+    job_time_limit_s: float = Field(
+        3600, gt=0, description="How long a job may run unless it asks for another limit."
+    )
+    max_job_time_limit_s: float = Field(
+        6 * 3600, gt=0, description="The longest limit a job may ask for (time_limit_s)."
+    )
 
     def __repr_args__(self) -> Any:
         # Settings end up in reprs (a traceback, a debugger): URLs show no password there.

@@ -108,12 +108,13 @@ class Runtime:
         storage = open_storage(settings, signer)
         tasks = Tasks(
             brokers.make_broker(settings.broker_url, settings.redis_namespace),
-            settings.job_time_limit_s,
+            max(settings.job_time_limit_s, settings.max_job_time_limit_s),
         )
         limits = Limits(
             max_width=settings.max_width,
             max_height=settings.max_height,
             max_steps=settings.max_steps,
+            max_time_limit_s=settings.max_job_time_limit_s,
         )
         return cls(
             settings=settings,

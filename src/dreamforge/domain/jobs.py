@@ -113,6 +113,12 @@ class JobRequest(BaseModel):
         "draws a seed of its own.",
     )
     count: int = Field(1, ge=1, le=MAX_COUNT, description="How many images (items) to make.")
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="Fail the job with TIMEOUT once it has run this long; default and "
+        "maximum are the server's (DREAMFORGE_JOB_TIME_LIMIT_S, _MAX_JOB_TIME_LIMIT_S).",
+    )
     model_id: str | None = Field(
         None, pattern=MODEL_ID_PATTERN, description="Default: the server's model."
     )
@@ -144,6 +150,7 @@ class JobSpec(BaseModel):
     model_id: str
     count: int = 1
     item_seeds: tuple[int, ...] = Field((), description="Each item's seed, in item order.")
+    time_limit_s: float | None = Field(None, description="Set by the request; else the server's.")
 
     def seeds(self) -> tuple[int, ...]:
         """Each item's seed (jobs stored before batches have ``seed`` alone)."""
@@ -156,6 +163,7 @@ class Limits(BaseModel):
     max_width: int
     max_height: int
     max_steps: int
+    max_time_limit_s: float = float("inf")
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -192,6 +200,7 @@ def resolve_spec(
         model_id=model_id,
         count=request.count,
         item_seeds=seeds,
+        time_limit_s=request.time_limit_s,
     )
 
 
@@ -220,6 +229,14 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[FieldProblem]:
                 "steps",
                 f"{spec.steps} is above the maximum {limits.max_steps}",
                 f"use at most {limits.max_steps} steps",
+            )
+        )
+    if spec.time_limit_s is not None and spec.time_limit_s > limits.max_time_limit_s:
+        problems.append(
+            FieldProblem(
+                "time_limit_s",
+                f"{spec.time_limit_s:g} s is above the maximum {limits.max_time_limit_s:g} s",
+                f"ask for at most {limits.max_time_limit_s:g} seconds, or leave it out",
             )
         )
     return problems

@@ -110,7 +110,7 @@ class JobLifecycle:
         if self._stopping.is_set() or watch.lease_lost:
             return None
         if watch.timed_out:
-            limit = self._settings.time_limit_s
+            limit = self._limit(job)
             return JobOutcome.failed(ErrorCode.TIMEOUT, f"the job ran past its limit of {limit:g}s")
         return JobOutcome.failed(ErrorCode.RUNNER_ERROR, str(exc))
 
@@ -118,7 +118,7 @@ class JobLifecycle:
         now = time.monotonic()
         if self._stopping.is_set():
             return Tick.KILL
-        if now - watch.started > self._settings.time_limit_s:
+        if now - watch.started > self._limit(job):
             watch.timed_out = True
             return Tick.KILL
         if now - watch.last_heartbeat >= self._settings.heartbeat_s:
@@ -133,6 +133,9 @@ class JobLifecycle:
             watch.last_cancel_check = now
             watch.cancel_seen = self._jobs.is_cancel_requested(job.id)
         return Tick.CANCEL if watch.cancel_seen else Tick.CONTINUE
+
+    def _limit(self, job: Job) -> float:
+        return job.spec.time_limit_s or self._settings.time_limit_s
 
     def _requeue(self, job: Job) -> JobStatus | None:
         """Hand the job back (this worker is stopping) and send it again at once, so that
