@@ -15,7 +15,7 @@ from dreamforge.domain.jobs import (
     check_limits,
     resolve_spec,
 )
-from dreamforge.domain.progress import Stage, denoising_fraction, overall_progress
+from dreamforge.domain.progress import Stage, overall_progress
 
 DEFAULTS = ModelDefaults(
     width=64, height=64, steps=4, guidance_scale=5.0, scheduler=Scheduler.EULER
@@ -94,9 +94,7 @@ def test_state_machine(current: JobStatus, target: JobStatus, allowed: bool) -> 
 
 def test_progress_is_monotonic_through_the_stages() -> None:
     points = [overall_progress(Stage.QUEUED), overall_progress(Stage.LOADING_MODEL)]
-    points += [
-        overall_progress(Stage.DENOISING, denoising_fraction(0, 1, s, 4)) for s in range(1, 5)
-    ]
+    points += [overall_progress(Stage.DENOISING, step / 4) for step in range(1, 5)]
     points += [
         overall_progress(Stage.SAVING),
         overall_progress(Stage.SAVING, 1.0),

@@ -37,17 +37,17 @@ def overall_progress(stage: Stage, fraction: float = 0.0) -> float:
     return round(before + STAGE_WEIGHTS[stage] * clamped, 4)
 
 
-def denoising_fraction(item_index: int, item_count: int, step: int, steps: int) -> float:
-    """Fraction of the denoising stage done after ``step`` of ``steps`` on one item."""
-    return (item_index + step / steps) / item_count
-
-
 def job_progress(step_index: int, step_count: int, stage: Stage, fraction: float = 0.0) -> float:
     """Progress of a job of ``step_count`` steps while step ``step_index`` is in ``stage``:
     each step owns an equal share of the bar."""
     if stage is Stage.QUEUED or stage is Stage.DONE:
         return overall_progress(stage)
-    return round((step_index + overall_progress(stage, fraction)) / step_count, 4)
+    return share_of_job(step_index, step_count, overall_progress(stage, fraction))
+
+
+def share_of_job(step_index: int, step_count: int, within: float) -> float:
+    """Progress of the job when step ``step_index`` (of ``step_count``) is ``within`` done."""
+    return round((step_index + within) / step_count, 4)
 
 
 def items_progress(denoised: float, stored: int, count: int) -> float:

@@ -21,7 +21,7 @@ from dreamforge.domain.errors import ErrorCode, JobError
 from dreamforge.domain.events import ArtifactData, EventData, ProgressData, StageData, log_event
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.plan import StepPlan, plan_steps
-from dreamforge.domain.progress import Stage, items_progress, job_progress
+from dreamforge.domain.progress import Stage, items_progress, job_progress, share_of_job
 from dreamforge.domain.records import Artifact, Job
 from dreamforge.events.writer import JobWriter
 from dreamforge.models.registry import ModelRegistry
@@ -219,7 +219,7 @@ class _StepRun:
 
     def _items_progress(self, denoised: float) -> float:
         within = items_progress(denoised, self._stored, len(self._step.items))
-        return round((self._step.index + within) / self._step_count, 4)
+        return share_of_job(self._step.index, self._step_count, within)
 
     def _store(self, item: ItemRendered) -> None:
         step = self._step
