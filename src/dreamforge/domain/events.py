@@ -10,6 +10,7 @@ Durable events (status, stage, log, artifact, done) are stored with a gapless pe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dreamforge.domain.errors import JobError
 from dreamforge.domain.jobs import JobStatus
+from dreamforge.domain.records import Artifact
 
 
 class EventType(StrEnum):
@@ -104,6 +106,11 @@ class ArtifactData(EventData):
     step_index: int
     step_type: str
     item_index: int
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactData:
+        fields = dataclasses.asdict(artifact)
+        return cls(**{name: fields[name] for name in cls.model_fields})
 
 
 class DoneData(EventData):

@@ -244,18 +244,7 @@ class _StepRun:
         self._writer.save_artifact(
             artifact,
             [
-                ArtifactData(
-                    key=key,
-                    content_type=artifact.content_type,
-                    size_bytes=artifact.size_bytes,
-                    sha256=artifact.sha256,
-                    width=artifact.width,
-                    height=artifact.height,
-                    seed=artifact.seed,
-                    step_index=artifact.step_index,
-                    step_type=artifact.step_type,
-                    item_index=artifact.item_index,
-                ),
+                ArtifactData.of(artifact),
                 log_event(
                     f"stored item {item.item_index} (seed {item.seed}) as {key}, "
                     f"{artifact.size_bytes} bytes",
