@@ -245,3 +245,16 @@ def test_a_private_repository_needs_the_token(tmp_path: Path, hub: tuple[FakeHub
     code, output = pull(tmp_path / "d", "hf:acme/private/m.safetensors", env)
     assert code == 0, output
     assert fake.token not in output
+
+
+def test_a_failed_pull_leaves_other_downloads_staging_alone(
+    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+) -> None:
+    fake, url = civitai
+    fake.add(CivitaiVersion(14, 1, "m.safetensors", b"x" * 64, declared_sha256="EF" * 32))
+    other = tmp_path / "d" / "models" / ".other.download"
+    other.mkdir(parents=True)  # another worker's download, its file complete, not registered yet
+    (other / "other.safetensors").write_bytes(b"done")
+    assert pull(tmp_path / "d", "civitai:14", civitai_env(url))[0] == 1
+    assert (other / "other.safetensors").read_bytes() == b"done"
+    assert not (tmp_path / "d" / "models" / ".m.download").exists()

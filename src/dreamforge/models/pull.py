@@ -64,6 +64,7 @@ class ModelPuller:
         self._registry = registry
         self._settings = settings
         self._client = client
+        self._staged: Path | None = None  # the staging folder of the pull under way
 
     def pull(
         self, text: str, model_id: str | None = None, progress: Progress | None = None
@@ -71,6 +72,7 @@ class ModelPuller:
         """Download ``text`` (see ``sources``) and register it; raises ``BadSource``,
         ``DownloadError`` or ``UnsupportedModel``, with nothing registered."""
         source = parse_source(text)
+        self._staged = None
         try:
             if isinstance(source, Civitai):
                 return self._civitai(source, model_id, progress)
@@ -78,10 +80,11 @@ class ModelPuller:
                 return self._hugging_face(source, model_id, progress)
             return self._url(source, model_id, progress)
         except (HashMismatch, UnsupportedModel):
-            # Nothing of a download that proved wrong is worth resuming.
-            for staging in self._settings.models_dir.glob(".*.download"):
-                if not any(staging.rglob("*.partial")):
-                    shutil.rmtree(staging, ignore_errors=True)
+            # Nothing of a download that proved wrong is worth resuming. Only this pull's
+            # folder: another worker may be assembling its own beside it.
+            staged = self._staged
+            if staged is not None and not any(staged.rglob("*.partial")):
+                shutil.rmtree(staged, ignore_errors=True)
             raise
 
     # -- CivitAI ----------------------------------------------------------------------
@@ -237,6 +240,7 @@ class ModelPuller:
             raise UnsupportedModel(f"a model {model_id!r} is registered already; pick another id")
         staging = self._settings.models_dir / f".{model_id}.download"
         staging.mkdir(parents=True, exist_ok=True)  # kept between tries: downloads resume
+        self._staged = staging
         return staging
 
     def _register(
