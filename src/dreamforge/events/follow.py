@@ -8,7 +8,7 @@ from contextlib import closing
 from datetime import datetime
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.errors import FieldProblem, InvalidRequest, NotFound
+from dreamforge.domain.errors import FieldProblem, InvalidRequest
 from dreamforge.domain.events import EventType, JobEvent, ProgressData
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.records import Job
@@ -27,10 +27,7 @@ class JobEvents:
         self._poll_s = poll_s
 
     def job(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound("job", job_id)
-        return job
+        return self._jobs.require(job_id)
 
     def resumable(self, job_id: str, after: int, field: str) -> Job:
         """The job, if a stream may resume after event ``after`` of it."""

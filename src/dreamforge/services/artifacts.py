@@ -31,8 +31,7 @@ class ArtifactService:
 
     def list(self, job_id: str, base_url: str) -> list[ArtifactLink]:
         """The job's artifacts in step and item order, each with a fresh URL."""
-        if self._jobs.get(job_id) is None:
-            raise NotFound("job", job_id)
+        self._jobs.require(job_id)
         expires_at = utcnow() + timedelta(seconds=self._url_ttl_s)
         return [
             ArtifactLink(a, self._storage.url(a.key, self._url_ttl_s, base_url), expires_at)

@@ -11,7 +11,7 @@ from datetime import timedelta
 import structlog
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.errors import Conflict, ErrorCode, FieldProblem, InvalidRequest, NotFound
+from dreamforge.domain.errors import Conflict, ErrorCode, FieldProblem, InvalidRequest
 from dreamforge.domain.events import DoneData, log_event, status_event
 from dreamforge.domain.jobs import (
     CANCEL_QUEUED,
@@ -134,10 +134,7 @@ class JobService:
         return job
 
     def get(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound("job", job_id)
-        return job
+        return self._jobs.require(job_id)
 
     def page(self, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
         try:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.errors import JobError
+from dreamforge.domain.errors import JobError, NotFound
 from dreamforge.domain.events import EventData, EventType, JobEvent
 from dreamforge.domain.jobs import CLAIM, JobSpec, JobStatus, Transition, check_transition
 from dreamforge.domain.records import Artifact, IdempotencyKey, Job
@@ -339,6 +339,13 @@ class JobRepository:
             return _append(connection, artifact.job_id, new_events, fields) or []
 
     # -- reads --------------------------------------------------------------------------
+
+    def require(self, job_id: str) -> Job:
+        """The job; ``NotFound`` if there is none."""
+        job = self.get(job_id)
+        if job is None:
+            raise NotFound("job", job_id)
+        return job
 
     def get(self, job_id: str) -> Job | None:
         with self._db.reading() as connection:
