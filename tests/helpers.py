@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from httpx_sse import connect_sse
+from PIL import Image
 
 from dreamforge.domain.jobs import JobSpec
 
@@ -127,3 +132,26 @@ def tiny_spec(**fields: Any) -> JobSpec:
         "model_id": "tiny",
     }
     return JobSpec(**{**values, **fields})
+
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+def assert_matches_golden(png: bytes, name: str, max_levels: int = 2) -> None:
+    """The image's pixels are the golden image's, to within ``max_levels`` of 255 each.
+
+    Not bit for bit: CPUs with and without AVX-512 sum in different orders, which moves
+    a few pixels by a level. Any real change (another seed, sampler, model or a bug) moves
+    them by tens. ``DREAMFORGE_WRITE_GOLDEN=1`` writes the golden image instead, for a
+    deliberate change, to be committed with a word on why.
+    """
+    path = GOLDEN_DIR / f"{name}.png"
+    got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    if os.environ.get("DREAMFORGE_WRITE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(got.astype(np.uint8), "RGB").save(path)
+    want = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    assert got.shape == want.shape
+    difference = np.abs(got - want)
+    assert difference.max() <= max_levels, f"{name}: off by up to {difference.max()} levels"
+    assert difference.mean() < 0.05, f"{name}: {difference.mean():.3f} levels off on average"
