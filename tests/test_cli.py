@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dreamforge.cli import app
 from dreamforge.config import Settings
 from dreamforge.store.db import Database
-from tests.helpers import read_stream, submit
+from tests.helpers import read_stream, submit, tiny_spec
 from tests.processes import Serve
 
 runner = CliRunner()
@@ -53,3 +53,33 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
             assert read_stream(client, job["id"])[-1].data["status"] == "succeeded"
     finally:
         server.stop(signal.SIGTERM)
+
+
+def test_dlq_lists_retries_and_purges_dead_lettered_jobs(tmp_path: Path) -> None:
+    from dreamforge.domain.clock import utcnow
+    from dreamforge.domain.errors import ErrorCode, JobError
+    from dreamforge.domain.jobs import JobStatus, finish
+    from dreamforge.runtime import Runtime
+
+    runtime = Runtime.build(Settings(data_dir=tmp_path), serves_streams=False)
+    runtime.db.upgrade()
+    spec = tiny_spec()
+    for job_id in ("job-a", "job-b"):
+        runtime.jobs.create(job_id, spec, [])
+        runtime.jobs.claim(job_id, "w", 30, [])
+        error = JobError(code=ErrorCode.STORAGE_ERROR, message="the object store hung up")
+        runtime.jobs.transition(
+            job_id, finish(JobStatus.FAILED), [], error=error, dead_lettered_at=utcnow()
+        )
+
+    listed = runner.invoke(app, ["dlq", "list", "--data-dir", str(tmp_path)])
+    assert listed.exit_code == 0 and "job-a" in listed.output and "STORAGE_ERROR" in listed.output
+    retried = runner.invoke(app, ["dlq", "retry", "job-a", "--data-dir", str(tmp_path)])
+    assert retried.exit_code == 0 and "queued again" in retried.output
+    assert runtime.jobs.require("job-a").status is JobStatus.QUEUED
+    again = runner.invoke(app, ["dlq", "retry", "job-a", "--data-dir", str(tmp_path)])
+    assert again.exit_code == 1 and "not in the dead-letter queue" in again.output
+    purged = runner.invoke(app, ["dlq", "purge", "--data-dir", str(tmp_path)])
+    assert purged.exit_code == 0 and "1 job(s) taken out" in purged.output
+    assert runtime.jobs.dead_letters() == []
+    assert runtime.jobs.require("job-b").status is JobStatus.FAILED

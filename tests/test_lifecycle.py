@@ -47,12 +47,15 @@ class FakeServer:
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
-    """The embedded profile on the fake runner, 10 ms a step, with a 2 s job time limit."""
+    """The embedded profile on the fake runner, 10 ms a step, with a 2 s job time limit
+    and retries 50-100 ms apart."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("fake"),
         port=free_port(),
         job_time_limit_s=2.0,
         sse_ping_s=1.0,
+        retry_backoff_s=0.1,
+        retry_max_backoff_s=0.1,
     )  # type: ignore[call-arg]
     register_tiny(settings.resolved_database_url, tiny_model_dir)
     runner = FakeRunner(step_s=0.01, plans=PLANS)
@@ -96,10 +99,15 @@ def test_out_of_memory_fails_the_job_with_gpu_oom(fake: FakeServer) -> None:
     assert_failed_cleanly(fake, job, events, "GPU_OOM")
 
 
-def test_a_runner_that_dies_fails_the_job_and_the_next_job_runs(fake: FakeServer) -> None:
+def test_a_runner_that_dies_every_time_ends_in_the_dead_letter_queue(fake: FakeServer) -> None:
     job, events = finished(fake.client, "crash")
-    assert_failed_cleanly(fake, job, events, "RUNNER_ERROR")
+    assert_failed_cleanly(fake, job, events, "RUNNER_CRASHED")
     assert "exited with code -9" in job["error"]["message"]
+    assert job["attempts"] == 3 and job["dead_lettered_at"]  # the default retry_max_attempts
+    retried = [e.data["message"] for e in durable(events) if "retrying in" in str(e.data)]
+    assert [m.split(" failed")[0] for m in retried] == ["attempt 1", "attempt 2"]
+    listed = fake.client.get("/v1/admin/dlq").json()["data"]
+    assert job["id"] in [j["id"] for j in listed]
 
 
 def test_a_job_past_its_time_limit_is_killed_and_fails_with_timeout(fake: FakeServer) -> None:
@@ -137,9 +145,9 @@ def test_a_storage_failure_fails_the_job_and_leaves_no_artifact(fake: FakeServer
     (root / "jobs" / job["id"]).write_text("a file where the job's folder should be")
     events = read_stream(fake.client, job["id"], timeout=30)
     wait_for(fake.client, blocker["id"], {"succeeded"})
-    assert_failed_cleanly(
-        fake, fake.client.get(job["links"]["self"]).json(), events, "RUNNER_ERROR"
-    )
+    failed = fake.client.get(job["links"]["self"]).json()
+    assert_failed_cleanly(fake, failed, events, "STORAGE_ERROR")
+    assert failed["attempts"] == 3 and failed["dead_lettered_at"]
 
 
 def test_a_running_job_stops_within_one_step_of_the_cancel(fake: FakeServer) -> None:

@@ -21,12 +21,18 @@ from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 
 if TYPE_CHECKING:
     from dreamforge.models.registry import ModelRegistry
+    from dreamforge.services.dead_letters import DeadLetterQueue
 
 app = typer.Typer(help="Dream Forge: an API-first render fabric for SDXL.", no_args_is_help=True)
 model_app = typer.Typer(help="Manage the model registry.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="The dead-letter queue: jobs that failed after using up their retries.",
+    no_args_is_help=True,
+)
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 
 DataDir = Annotated[
@@ -351,6 +357,57 @@ def model_remove(model_id: str, data_dir: DataDir = None) -> None:
     except UnsupportedModel as exc:
         raise _refused(exc) from exc
     console.print(f"removed {model_id}")
+
+
+def _dead_letters(data_dir: Path | None) -> tuple[Settings, DeadLetterQueue]:
+    from dreamforge.runtime import Runtime
+
+    settings = _settings(data_dir)
+    runtime = Runtime.build(settings, serves_streams=False)
+    runtime.db.upgrade()
+    return settings, runtime.dead_letters
+
+
+@dlq_app.command("list")
+def dlq_list(data_dir: DataDir = None) -> None:
+    """Show the jobs in the dead-letter queue, newest first."""
+    _, dead_letters = _dead_letters(data_dir)
+    table = Table("job", "failed", "attempts", "code", "error")
+    for job in dead_letters.list():
+        assert job.error is not None and job.dead_lettered_at is not None
+        table.add_row(
+            job.id,
+            job.dead_lettered_at.isoformat(timespec="seconds"),
+            str(job.attempts),
+            job.error.code,
+            job.error.message,
+        )
+    console.print(table)
+
+
+@dlq_app.command("retry")
+def dlq_retry(job_id: str, data_dir: DataDir = None) -> None:
+    """Send a dead-lettered job back to the queue for one more attempt."""
+    from dreamforge.domain.errors import DreamForgeError
+
+    settings, dead_letters = _dead_letters(data_dir)
+    try:
+        dead_letters.retry(job_id)
+    except DreamForgeError as exc:
+        raise _refused(exc) from exc
+    console.print(f"{job_id} is queued again")
+    if settings.broker_url.startswith("memory://"):
+        console.print(
+            "[yellow]note:[/] the embedded profile's queue lives in `dreamforge serve`: it "
+            "takes the job when it next starts (or use POST /v1/admin/dlq/{id}/retry on it)"
+        )
+
+
+@dlq_app.command("purge")
+def dlq_purge(data_dir: DataDir = None) -> None:
+    """Empty the dead-letter queue; its jobs stay failed."""
+    _, dead_letters = _dead_letters(data_dir)
+    console.print(f"{dead_letters.purge()} job(s) taken out of the dead-letter queue")
 
 
 if __name__ == "__main__":

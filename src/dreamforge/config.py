@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dreamforge.domain.retries import RetryPolicy
+
 
 class Settings(BaseSettings):
     """Every knob, read from ``DREAMFORGE_*`` environment variables (12-factor).
@@ -121,6 +123,17 @@ class Settings(BaseSettings):
         description="How often a running job's progress is written to the database; "
         "followers get every step live.",
     )
+    retry_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Attempts a job gets against transient failures (storage, database, a "
+        "crashed pipeline process, a lost worker) before it fails into the dead-letter queue.",
+    )
+    retry_backoff_s: float = Field(
+        2.0, ge=0, description="Wait before the first retry; it doubles with each one."
+    )
+    retry_max_backoff_s: float = Field(60.0, ge=0, description="The longest wait between retries.")
     sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
     job_time_limit_s: float = Field(
         3600, gt=0, description="How long a job may run unless it asks for another limit."
@@ -143,6 +156,10 @@ class Settings(BaseSettings):
             if password:
                 found.append(password)
         return found
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_max_attempts, self.retry_backoff_s, self.retry_max_backoff_s)
 
     @property
     def resolved_database_url(self) -> str:

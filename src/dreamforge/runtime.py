@@ -34,6 +34,7 @@ from dreamforge.queue.reaper import Reaper, ReaperLoop
 from dreamforge.queue.tasks import Tasks
 from dreamforge.runners.protocol import ModelRef, Runner
 from dreamforge.services.artifacts import ArtifactService
+from dreamforge.services.dead_letters import DeadLetterQueue
 from dreamforge.services.downloads import DownloadService
 from dreamforge.services.jobs import JobService
 from dreamforge.store.db import Database
@@ -89,6 +90,7 @@ class Runtime:
     job_events: JobEvents
     artifact_service: ArtifactService
     download_service: DownloadService
+    dead_letters: DeadLetterQueue
     reaper: Reaper
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -139,7 +141,10 @@ class Runtime:
             download_service=DownloadService(
                 DownloadRepository(db), notifier, tasks.enqueue_download
             ),
-            reaper=Reaper(jobs, writer, tasks.enqueue_job, tasks.pending_job_ids),
+            dead_letters=DeadLetterQueue(jobs, writer, tasks.enqueue_job),
+            reaper=Reaper(
+                jobs, writer, tasks.enqueue_job, tasks.pending_job_ids, settings.retry_policy
+            ),
         )
 
     def prepare(self) -> None:
@@ -189,7 +194,13 @@ class Runtime:
             time_limit_s=self.settings.job_time_limit_s,
         )
         lifecycle = JobLifecycle(
-            self.jobs, self.writer, self.notifier, driver, lease, self.tasks.enqueue_job
+            self.jobs,
+            self.writer,
+            self.notifier,
+            driver,
+            lease,
+            self.tasks.enqueue_job,
+            self.settings.retry_policy,
         )
         if GPU_QUEUE in queues:
             self.tasks.attach(run_job=lifecycle.run)

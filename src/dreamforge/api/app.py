@@ -12,7 +12,16 @@ from fastapi.openapi.utils import get_openapi
 from dreamforge import __version__
 from dreamforge.api import options, problems
 from dreamforge.api.problems import PROBLEM_JSON
-from dreamforge.api.routers import artifacts, downloads, health, jobs, logs, models, progress
+from dreamforge.api.routers import (
+    admin,
+    artifacts,
+    downloads,
+    health,
+    jobs,
+    logs,
+    models,
+    progress,
+)
 from dreamforge.api.schemas import event_schemas, problem_example
 from dreamforge.config import Settings
 from dreamforge.runners.protocol import Runner
@@ -55,6 +64,7 @@ def create_app(
         artifacts.router,
         models.router,
         downloads.router,
+        admin.router,
     ):
         app.include_router(router)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]

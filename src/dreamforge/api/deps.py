@@ -14,6 +14,7 @@ from dreamforge.events.follow import JobEvents
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runtime import Runtime
 from dreamforge.services.artifacts import ArtifactService
+from dreamforge.services.dead_letters import DeadLetterQueue
 from dreamforge.services.downloads import DownloadService
 from dreamforge.services.health import Readiness
 from dreamforge.services.jobs import JobService
@@ -50,6 +51,10 @@ def _downloads(request: Request) -> DownloadService:
     return _runtime(request).download_service
 
 
+def _dead_letters(request: Request) -> DeadLetterQueue:
+    return _runtime(request).dead_letters
+
+
 def _models(request: Request) -> ModelRegistry:
     return _runtime(request).models
 
@@ -81,5 +86,6 @@ Events = Annotated[JobEvents, Depends(_events)]
 Artifacts = Annotated[ArtifactService, Depends(_artifacts)]
 Models = Annotated[ModelRegistry, Depends(_models)]
 Downloads = Annotated[DownloadService, Depends(_downloads)]
+DeadLetters = Annotated[DeadLetterQueue, Depends(_dead_letters)]
 ReadinessChecks = Annotated[Readiness, Depends(_readiness)]
 SsePing = Annotated[float, Depends(_sse_ping_s)]

@@ -59,6 +59,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-11-29T08:00:00Z",
     "started_at": "2026-11-29T08:00:00.050000Z",
     "finished_at": "2026-11-29T08:00:09.120000Z",
+    "dead_lettered_at": None,
     "links": {
         "self": _BASE,
         "cancel": f"{_BASE}/cancel",
@@ -83,6 +84,9 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    dead_lettered_at: datetime | None = Field(
+        None, description="Set while the job is in the dead-letter queue."
+    )
     links: JobLinks
 
 
@@ -91,6 +95,18 @@ class JobListOut(BaseModel):
 
     data: list[JobOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class DeadLettersOut(BaseModel):
+    model_config = _examples({"data": [JOB_EXAMPLE]})
+
+    data: list[JobOut] = Field(description="Newest first.")
+
+
+class PurgedOut(BaseModel):
+    model_config = _examples({"purged": 3})
+
+    purged: int = Field(description="Jobs taken out of the dead-letter queue; they stay failed.")
 
 
 class ProgressOut(BaseModel):

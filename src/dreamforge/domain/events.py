@@ -155,3 +155,21 @@ def log_event(
 
 def status_event(to: JobStatus, worker: str | None = None) -> StatusData:
     return StatusData(status=to) if worker is None else StatusData(status=to, worker=worker)
+
+
+def failure_events(
+    error: JobError, stage: str, attempts: int, dead_lettered: bool
+) -> list[EventData]:
+    """What a job that failed for good says: the error, the dead-letter queue if it went
+    there, its status and the terminal ``done``."""
+    said: list[EventData] = [log_event(error.message, LogLevel.ERROR, stage, code=error.code)]
+    if dead_lettered:
+        said.append(
+            log_event(
+                f"gave up after {attempts} attempt(s); the job is in the dead-letter queue",
+                LogLevel.ERROR,
+                stage,
+                code=error.code,
+            )
+        )
+    return [*said, status_event(JobStatus.FAILED), DoneData(status=JobStatus.FAILED, error=error)]

@@ -30,7 +30,8 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # running -> queued: a stopping worker hands its job back, or the reaper a lost one.
     JobStatus.RUNNING: frozenset({JobStatus.QUEUED, *TERMINAL_STATUSES}),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
+    # failed -> queued: an operator sends a job back from the dead-letter queue.
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELED: frozenset(),
 }
 
@@ -59,6 +60,7 @@ def check_transition(move: Transition) -> None:
 CLAIM = Transition(JobStatus.QUEUED, JobStatus.RUNNING)
 CANCEL_QUEUED = Transition(JobStatus.QUEUED, JobStatus.CANCELED)
 REQUEUE = Transition(JobStatus.RUNNING, JobStatus.QUEUED)
+REVIVE = Transition(JobStatus.FAILED, JobStatus.QUEUED)
 
 
 def finish(status: JobStatus) -> Transition:

@@ -29,6 +29,8 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Set when the job failed for good after its transient failures used up its attempts.
+    dead_lettered_at: datetime | None = None
 
 
 @dataclass(frozen=True)

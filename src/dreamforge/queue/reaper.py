@@ -2,7 +2,9 @@
 
 Two kinds get lost: a running job whose worker died (its lease runs out), and a queued
 job whose message the broker dropped (a Redis restart without persistence, say). Both go
-back to the broker; a job sent twice is harmless, because only one claim can succeed.
+back to the broker; a job sent twice is harmless, because only one claim can succeed. A
+job whose workers keep dying (one that crashes whatever runs it, say) is not sent forever:
+once its attempts are used up it fails with ``WORKER_LOST`` into the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from datetime import datetime, timedelta
 import structlog
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.events import LogLevel, log_event, status_event
-from dreamforge.domain.jobs import REQUEUE, JobStatus
+from dreamforge.domain.errors import ErrorCode, JobError
+from dreamforge.domain.events import LogLevel, failure_events, log_event, status_event
+from dreamforge.domain.jobs import REQUEUE, JobStatus, finish
 from dreamforge.domain.progress import Stage
+from dreamforge.domain.records import Job
+from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.events.writer import JobWriter
 from dreamforge.store.jobs import JobRepository
 
@@ -30,16 +35,22 @@ class Reaper:
         writer: JobWriter,
         enqueue: Callable[[str], None],
         pending_job_ids: Callable[[], set[str] | None],
+        retries: RetryPolicy | None = None,
     ) -> None:
         self._jobs = jobs
         self._writer = writer
         self._enqueue = enqueue
         self._pending_job_ids = pending_job_ids
+        self._retries = retries or RetryPolicy()
 
     def requeue_orphans(self, expired_before: datetime | None) -> list[str]:
-        """Running jobs whose lease ran out go back to ``queued``; all of them if ``None``."""
+        """Running jobs whose lease ran out go back to ``queued`` (all of them if ``None``),
+        or fail into the dead-letter queue when that was their last attempt."""
         requeued = []
         for job in self._jobs.orphaned(expired_before):
+            if self._retries.verdict(ErrorCode.WORKER_LOST, job.attempts) is not Verdict.RETRY:
+                self._give_up(job)
+                continue
             moved = self._writer.transition(
                 job.id,
                 REQUEUE,
@@ -63,6 +74,27 @@ class Reaper:
         if requeued:
             log.warning("reaper.requeued", jobs=requeued)
         return requeued
+
+    def _give_up(self, job: Job) -> None:
+        error = JobError(
+            code=ErrorCode.WORKER_LOST,
+            message=f"worker {job.lease_owner} was lost during attempt {job.attempts}",
+        )
+        now = utcnow()
+        failed = self._writer.transition(
+            job.id,
+            finish(JobStatus.FAILED),
+            failure_events(error, job.stage, job.attempts, dead_lettered=True),
+            owner=job.lease_owner,
+            error=error,
+            finished_at=now,
+            dead_lettered_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            stage=Stage.DONE.value,
+        )
+        if failed is not None:
+            log.error("reaper.dead_lettered", job_id=job.id, attempts=job.attempts)
 
     def send_queued(self, enqueued_before: datetime | None = None) -> int:
         """Send queued jobs to the broker again: all, or those last sent before a time."""

@@ -57,8 +57,12 @@ class Tasks:
         self._run_job = run_job or self._run_job
         self._download_model = download_model or self._download_model
 
-    def enqueue_job(self, job_id: str) -> None:
-        self.run_job.send(job_id)
+    def enqueue_job(self, job_id: str, delay_s: float = 0.0) -> None:
+        """Send the job to the gpu queue, to be taken at once or after ``delay_s``."""
+        if delay_s > 0:
+            self.run_job.send_with_options(args=(job_id,), delay=int(delay_s * 1000))
+        else:
+            self.run_job.send(job_id)
 
     def pending_job_ids(self) -> set[str] | None:
         """The jobs the broker holds messages for (waiting, delayed or being worked on);

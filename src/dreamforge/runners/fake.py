@@ -6,6 +6,7 @@ failures on demand. It stands in for the SDXL runner where a test is about the w
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,13 +41,25 @@ class Trouble(Enum):
     SLOW = "slow"  # every step from then on takes 0.1 s
 
 
+class Where(Enum):
+    """The stage of a render where trouble strikes, as in the SDXL runner."""
+
+    LOAD = "load"  # loading the model
+    STEP = "step"  # a denoising step (``at_step``)
+    DECODE = "decode"  # the VAE decoding the latents
+    ENCODE = "encode"  # the PNG and its receipt
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What goes wrong, and after which denoising step of which item."""
+    """What goes wrong, where, for which item, and in how many renders (``times``: the
+    first ones; ``None``: every one)."""
 
     trouble: Trouble
     at_step: int = 1
     at_item: int = 0
+    where: Where = Where.STEP
+    times: int | None = None
 
 
 def fake_image(seed: int, width: int, height: int) -> Image.Image:
@@ -62,6 +75,7 @@ class FakeRunner:
     load_s: float = 0.0
     plans: Mapping[str, Plan] = field(default_factory=dict)
     rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
+    renders: Counter[str] = field(default_factory=Counter)  # render requests per prompt
     _loaded: set[str] = field(default_factory=set)
 
     def preload(self, model: ModelRef) -> None:
@@ -79,6 +93,22 @@ class FakeRunner:
         on_message: Callable[[RunnerMessage], None],
         tick: Callable[[], Tick],
     ) -> Outcome:
+        spec = request.spec
+        plan = self._plan(spec.prompt) if spec is not None else None
+
+        def trouble_at(where: Where, item: int = 0) -> Trouble | None:
+            if plan is None or plan.where is not where:
+                return None
+            if where is not Where.LOAD and item < plan.at_item:  # a load is for all items
+                return None
+            return plan.trouble
+
+        if (trouble := trouble_at(Where.LOAD)) is not None:
+            if trouble is Trouble.FAIL:
+                message = f"model {request.model.id} could not be loaded (OSError)"
+                return Failed(ErrorCode.MODEL_NOT_READY, message, self.memory())
+            if (failed := self._meet(trouble, tick)) is not None:
+                return failed
         cached = request.model.id in self._loaded
         if not cached:
             time.sleep(self.load_s)
@@ -86,13 +116,11 @@ class FakeRunner:
         on_message(
             ModelLoaded(request.model.id, 0.0 if cached else self.load_s, cached, "fake", "uint8")
         )
-        spec = request.spec
         if spec is None:
             return Finished(self.memory())
-        plan = self.plans.get(spec.prompt)
         for item in request.items:
             for step in range(1, spec.steps + 1):
-                trouble = plan.trouble if plan and item.index >= plan.at_item else None
+                trouble = trouble_at(Where.STEP, item.index)
                 at_step = plan.at_step if plan else 0
                 slow = trouble is Trouble.SLOW
                 time.sleep(0.1 if slow and step >= at_step else self.step_s)
@@ -106,6 +134,10 @@ class FakeRunner:
                     return Failed(ErrorCode.CANCELED, "canceled by request", self.memory())
                 if decision is Tick.KILL:
                     raise RunnerCrashed("the runner was killed")
+            for where in (Where.DECODE, Where.ENCODE):
+                trouble = trouble_at(where, item.index)
+                if trouble is not None and (failed := self._meet(trouble, tick, where)):
+                    return failed
             image = fake_image(item.seed, spec.width, spec.height)
             receipt = Receipt(
                 spec=spec,
@@ -128,9 +160,21 @@ class FakeRunner:
             )
         return Finished(self.memory())
 
-    def _meet(self, trouble: Trouble, tick: Callable[[], Tick]) -> Failed | None:
+    def _plan(self, prompt: str) -> Plan | None:
+        """The prompt's plan, while it still applies to this render."""
+        self.renders[prompt] += 1
+        plan = self.plans.get(prompt)
+        if plan is None or (plan.times is not None and self.renders[prompt] > plan.times):
+            return None
+        return plan
+
+    def _meet(
+        self, trouble: Trouble, tick: Callable[[], Tick], where: Where = Where.STEP
+    ) -> Failed | None:
         if trouble is Trouble.FAIL:
-            return Failed(ErrorCode.RUNNER_ERROR, "RuntimeError: the fake pipeline failed")
+            return Failed(
+                ErrorCode.RUNNER_ERROR, f"RuntimeError: the fake pipeline failed ({where.value})"
+            )
         if trouble is Trouble.OOM:
             return Failed(ErrorCode.GPU_OOM, "OutOfMemoryError: the fake device is full")
         if trouble is Trouble.CRASH:

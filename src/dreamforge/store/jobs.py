@@ -33,7 +33,14 @@ from sqlalchemy.exc import IntegrityError
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError, NotFound
 from dreamforge.domain.events import EventData, EventType, JobEvent
-from dreamforge.domain.jobs import CLAIM, JobSpec, JobStatus, Transition, check_transition
+from dreamforge.domain.jobs import (
+    CLAIM,
+    REVIVE,
+    JobSpec,
+    JobStatus,
+    Transition,
+    check_transition,
+)
 from dreamforge.domain.records import Artifact, IdempotencyKey, Job
 from dreamforge.store.db import Database
 from dreamforge.store.tables import ArtifactRow, EventRow, IdempotencyKeyRow, JobRow
@@ -71,6 +78,7 @@ def _job(row: Row[Any]) -> Job:
         created_at=m["created_at"],
         started_at=m["started_at"],
         finished_at=m["finished_at"],
+        dead_lettered_at=m["dead_lettered_at"],
     )
 
 
@@ -251,10 +259,12 @@ class JobRepository:
         *,
         owner: str | None = None,
         error: JobError | None = None,
+        dead_lettered: bool | None = None,
         **fields: Any,
     ) -> list[JobEvent] | None:
         """Apply ``move`` with ``fields`` only if the job is still in ``move.source`` (and,
-        when given, leased by ``owner``); ``None`` when it was not.
+        when given, leased by ``owner``, and in the dead-letter queue or not as
+        ``dead_lettered`` says); ``None`` when it was not.
 
         Raises ``IllegalTransition``, writing nothing, for a move the domain forbids.
         """
@@ -262,9 +272,12 @@ class JobRepository:
         condition: ColumnElement[bool] = jobs.c.status == move.source.value
         if owner is not None:
             condition = and_(condition, jobs.c.lease_owner == owner)
+        if dead_lettered is not None:
+            in_queue = jobs.c.dead_lettered_at.is_not(None)
+            condition = and_(condition, in_queue if dead_lettered else ~in_queue)
+        # An error belongs to the outcome it explains: any other move clears it.
         values = {**fields, "status": move.target.value}
-        if error is not None:
-            values["error"] = error.model_dump(mode="json")
+        values["error"] = error.model_dump(mode="json") if error is not None else None
         with self._db.connection() as connection:
             return _append(connection, job_id, events, values, condition)
 
@@ -422,6 +435,27 @@ class JobRepository:
         )
         with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(query)]
+
+    def dead_letters(self, limit: int = 100) -> list[Job]:
+        """The dead-letter queue: jobs that failed after using up their attempts, newest
+        first."""
+        query = (
+            select(jobs)
+            .where(jobs.c.dead_lettered_at.is_not(None), jobs.c.status == REVIVE.source.value)
+            .order_by(jobs.c.dead_lettered_at.desc(), jobs.c.id)
+            .limit(limit)
+        )
+        with self._db.reading() as connection:
+            return [_job(r) for r in connection.execute(query)]
+
+    def purge_dead_letters(self, job_ids: Sequence[str] | None = None) -> int:
+        """Take jobs (all, when ``None``) out of the dead-letter queue; they stay failed.
+        How many were taken out."""
+        statement = update(jobs).where(jobs.c.dead_lettered_at.is_not(None))
+        if job_ids is not None:
+            statement = statement.where(jobs.c.id.in_(job_ids))
+        with self._db.connection() as connection:
+            return connection.execute(statement.values(dead_lettered_at=None)).rowcount
 
     def artifact_by_key(self, key: str) -> Artifact | None:
         with self._db.reading() as connection:

@@ -84,6 +84,7 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        Index("ix_jobs_dead_lettered", "dead_lettered_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -103,6 +104,8 @@ class JobRow(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # In the dead-letter queue since then: failed after running out of attempts.
+    dead_lettered_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class EventRow(Base):

@@ -1,6 +1,10 @@
 """Holds one job from claim to end: the lease, its heartbeat, cancel, the time limit, and
 the final transition. What the job renders is the step driver's business.
 
+A failed attempt ends as the retry policy says: a transient failure (storage, database,
+a crashed pipeline process) sends the job back to the queue after a backoff, until its
+attempts run out and it fails into the dead-letter queue; a permanent one fails it now.
+
 Safe to call twice for the same job (a duplicate delivery, a retry after a crash): the
 claim is a conditional update, so only one call gets past it, and every later move is
 conditional on this worker still holding the lease. Every move is one the domain's state
@@ -9,24 +13,35 @@ machine allows; the store refuses any other.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import ErrorCode, JobError
-from dreamforge.domain.events import DoneData, EventData, LogLevel, log_event, status_event
+from dreamforge.domain.events import (
+    DoneData,
+    EventData,
+    LogLevel,
+    failure_events,
+    log_event,
+    status_event,
+)
 from dreamforge.domain.jobs import REQUEUE, JobStatus, finish
 from dreamforge.domain.progress import Stage
 from dreamforge.domain.records import Job
+from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.events.notifier import Notifier
 from dreamforge.events.writer import JobWriter
 from dreamforge.runners.protocol import RunnerCrashed, Tick
 from dreamforge.store.jobs import JobRepository
-from dreamforge.worker.steps import JobOutcome, StepDriver
+from dreamforge.worker.steps import JobOutcome, StepDriver, StorageFailed
 
 logger = structlog.get_logger(__name__)
 
@@ -62,7 +77,9 @@ class JobLifecycle:
         notifier: Notifier,
         driver: StepDriver,
         settings: LeaseSettings,
-        enqueue: Callable[[str], None],
+        enqueue: Callable[[str, float], None],
+        retries: RetryPolicy | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -70,6 +87,8 @@ class JobLifecycle:
         self._driver = driver
         self._settings = settings
         self._enqueue = enqueue
+        self._retries = retries or RetryPolicy()
+        self._jitter = jitter
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -97,7 +116,7 @@ class JobLifecycle:
             outcome = self._after_crash(job, watch, exc)
         except Exception as exc:  # the job must end, whatever broke
             logger.exception("job.crashed", job_id=job_id)
-            outcome = JobOutcome.failed(ErrorCode.RUNNER_ERROR, f"{type(exc).__name__}: {exc}")
+            outcome = JobOutcome.failed(_code_of(exc), f"{type(exc).__name__}: {exc}")
         finally:
             self._notifier.forget_cancel(job_id)
         if outcome is None:
@@ -112,7 +131,7 @@ class JobLifecycle:
         if watch.timed_out:
             limit = self._limit(job)
             return JobOutcome.failed(ErrorCode.TIMEOUT, f"the job ran past its limit of {limit:g}s")
-        return JobOutcome.failed(ErrorCode.RUNNER_ERROR, str(exc))
+        return JobOutcome.failed(ErrorCode.RUNNER_CRASHED, str(exc))
 
     def _tick(self, job: Job, watch: _Watch) -> Tick:
         now = time.monotonic()
@@ -140,47 +159,67 @@ class JobLifecycle:
     def _requeue(self, job: Job) -> JobStatus | None:
         """Hand the job back (this worker is stopping) and send it again at once, so that
         another worker takes it now rather than when the reaper notices."""
+        said = log_event("worker stopping; job returned to the queue", LogLevel.WARNING, job.stage)
+        return self._release(job, said, delay_s=0.0)
+
+    def _retry(self, job: Job, error: JobError) -> JobStatus | None:
+        """Back to the queue after a transient failure, to be sent again after a backoff."""
+        delay_s = self._retries.delay_s(job.attempts, self._jitter())
+        said = (
+            f"attempt {job.attempts} failed ({error.code}: {error.message}); retrying in "
+            f"{delay_s:.1f}s, attempt {job.attempts + 1} of {self._retries.max_attempts}"
+        )
+        logger.warning("job.retrying", job_id=job.id, code=error.code, delay_s=delay_s)
+        return self._release(
+            job, log_event(said, LogLevel.WARNING, job.stage, code=error.code), delay_s
+        )
+
+    def _release(self, job: Job, said: EventData, delay_s: float) -> JobStatus | None:
+        """``running → queued``, then to the broker, to be taken after ``delay_s``."""
         released = self._writer.transition(
             job.id,
             REQUEUE,
-            [
-                log_event(
-                    "worker stopping; job returned to the queue", LogLevel.WARNING, job.stage
-                ),
-                status_event(JobStatus.QUEUED),
-            ],
+            [said, status_event(JobStatus.QUEUED)],
             owner=self._settings.worker_id,
             lease_owner=None,
             lease_expires_at=None,
             stage=Stage.QUEUED.value,
             progress=0.0,
+            # The reaper counts a queued job as lost from when it is due, not from now.
+            enqueued_at=utcnow() + timedelta(seconds=delay_s),
         )
         if released is None:
             return None
         try:
-            self._enqueue(job.id)
-        except Exception:  # the broker is going away too: the reaper sends it later
+            self._enqueue(job.id, delay_s)
+        except Exception:  # the broker is down or going away: the reaper sends it later
             logger.warning("job.resend_failed", job_id=job.id, exc_info=True)
         return JobStatus.QUEUED
 
     def _finish(self, job: Job, outcome: JobOutcome, elapsed_s: float) -> JobStatus | None:
         events: list[EventData] = []
         error: JobError | None = outcome.error
+        dead_lettered = False
         if error is not None:
-            events.append(
-                log_event(error.message, LogLevel.ERROR, job.stage, code=error.code.value)
-            )
-        elif outcome.status is JobStatus.SUCCEEDED:
-            events.append(log_event(f"finished in {elapsed_s:.2f}s", stage=Stage.DONE))
-        events += [status_event(outcome.status), DoneData(status=outcome.status, error=error)]
+            verdict = self._retries.verdict(error.code, job.attempts)
+            if verdict is Verdict.RETRY:
+                return self._retry(job, error)
+            dead_lettered = verdict is Verdict.DEAD_LETTER
+            events += failure_events(error, job.stage, job.attempts, dead_lettered)
+        else:
+            if outcome.status is JobStatus.SUCCEEDED:
+                events.append(log_event(f"finished in {elapsed_s:.2f}s", stage=Stage.DONE))
+            events += [status_event(outcome.status), DoneData(status=outcome.status, error=None)]
         progress = {"progress": 1.0} if outcome.status is JobStatus.SUCCEEDED else {}
+        now = utcnow()
         finished = self._writer.transition(
             job.id,
             finish(outcome.status),
             events,
             owner=self._settings.worker_id,
             error=error,
-            finished_at=utcnow(),
+            finished_at=now,
+            dead_lettered_at=now if dead_lettered else None,
             lease_owner=None,
             lease_expires_at=None,
             stage=Stage.DONE.value,
@@ -191,3 +230,12 @@ class JobLifecycle:
             return None
         logger.info("job.finished", job_id=job.id, status=outcome.status)
         return outcome.status
+
+
+def _code_of(exc: Exception) -> ErrorCode:
+    """The code of a failure the runner did not report: which service let the job down."""
+    if isinstance(exc, StorageFailed):
+        return ErrorCode.STORAGE_ERROR
+    if isinstance(exc, DBAPIError):
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.RUNNER_ERROR

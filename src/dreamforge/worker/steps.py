@@ -52,6 +52,10 @@ class JobOutcome:
         return cls(JobStatus.FAILED, JobError(code=code, message=message))
 
 
+class StorageFailed(Exception):
+    """An image could not be written to the artifact store."""
+
+
 class StepDriver:
     def __init__(
         self,
@@ -224,7 +228,10 @@ class _StepRun:
     def _store(self, item: ItemRendered) -> None:
         step = self._step
         key = artifact_key(self._job.id, step.index, step.type, item.item_index)
-        self._driver.storage.put(key, item.png, "image/png")
+        try:
+            self._driver.storage.put(key, item.png, "image/png")
+        except Exception as exc:
+            raise StorageFailed(f"storing {key} failed: {type(exc).__name__}: {exc}") from exc
         artifact = Artifact(
             job_id=self._job.id,
             step_index=step.index,

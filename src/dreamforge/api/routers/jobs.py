@@ -42,6 +42,7 @@ def job_out(job: Job, base: str) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        dead_lettered_at=job.dead_lettered_at,
         links=JobLinks(
             self=url,
             cancel=f"{url}/cancel",
