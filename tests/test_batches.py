@@ -18,7 +18,12 @@ from PIL import Image
 
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.domain.jobs import JobStatus
-from dreamforge.runners.device import fit_batch, select_device
+from dreamforge.runners.device import (
+    InsufficientMemory,
+    check_headroom,
+    fit_batch,
+    select_device,
+)
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
 from dreamforge.runners.protocol import (
     ItemRendered,
@@ -27,7 +32,7 @@ from dreamforge.runners.protocol import (
     RenderRequest,
     StepDone,
 )
-from dreamforge.runners.sdxl import SdxlRunner
+from dreamforge.runners.sdxl import DeviceFull, SdxlRunner
 from tests.conftest import LiveServer
 from tests.helpers import assert_matches_golden, run_to_end, submit, tiny_spec, wait_for
 from tests.test_lifecycle import FakeServer, fake, lifecycle  # noqa: F401 - the fixture
@@ -164,6 +169,10 @@ def test_a_micro_batch_fits_the_free_device_memory() -> None:
     assert fit_batch(8, 10 * gib, 1024, 1024) == 2  # ~3 GB an item at 1024x1024
     assert fit_batch(8, 10 * gib, 512, 512) == 8
     assert fit_batch(8, 1 * gib, 1024, 1024) == 1  # never zero: OOM halving is the backstop
+    check_headroom(None, None, 4096, 4096)  # a CPU: nothing to measure, nothing refused
+    check_headroom(3 * gib, 24 * gib, 1024, 1024)  # ~2.9 GiB needed
+    with pytest.raises(InsufficientMemory, match=r"1024x1024 image needs about 2\.9 GiB"):
+        check_headroom(2 * gib, 24 * gib, 1024, 1024)
 
 
 class SmallDevice:
@@ -210,6 +219,7 @@ def test_a_micro_batch_that_runs_out_of_memory_is_halved(tiny_model_dir: Path) -
 
     device = SmallDevice(pipe, fits=0)  # not even one image: the job's GPU_OOM
     runner._resident.add(model.id, dataclasses.replace(resident, pipe=device))
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(DeviceFull, match=r"one 64x64 image .* halved down to 1") as raised:
         runner.generate(RenderRequest(spec, model, items, max_batch=4), lambda _: None, bool)
+    assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)  # what the child reports
     assert device.calls == [4, 2, 1]

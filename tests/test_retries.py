@@ -252,3 +252,66 @@ def test_a_dead_lettered_job_is_listed_retried_once_more_and_purged(
     assert fake.client.get("/v1/admin/dlq").json()["data"]
     assert fake.client.delete("/v1/admin/dlq").json()["purged"] >= 1
     assert fake.client.get("/v1/admin/dlq").json()["data"] == []
+
+
+# -- GPU hygiene, on the fake device -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "status"),
+    [
+        ("clean success", "succeeded"),
+        ("fail", "failed"),  # a pipeline error at step 2
+        ("oom", "failed"),
+        ("hang", "failed"),  # stuck until the time limit kills it
+        ("cancel me", "canceled"),
+    ],
+)
+def test_after_every_outcome_the_device_is_back_to_its_baseline(
+    fake: FakeServer,  # noqa: F811
+    prompt: str,
+    status: str,
+) -> None:
+    job = submit(fake.client, prompt=prompt, steps=30 if prompt == "cancel me" else 3)
+    if prompt == "cancel me":
+        read_stream(fake.client, job["id"], until=lambda e: e.type == "progress", timeout=30)
+        fake.client.post(job["links"]["cancel"])
+    events = read_stream(fake.client, job["id"], timeout=30)
+    assert events[-1].data["status"] == status
+    device = fake.runner.device
+    assert device.working_bytes == device.leaked_bytes == 0
+    said = [e.data["message"] for e in durable(events) if e.type == "log"]
+    if prompt != "hang":  # a killed runner takes its memory with it: nothing to check
+        (clean,) = [m for m in said if m.startswith("device memory back to baseline")]
+        assert "1.00 GiB allocated, baseline 1.00 GiB, 24.00 GiB in all on fake" in clean
+
+
+def test_a_runner_that_leaks_device_memory_is_recycled(fake: FakeServer) -> None:  # noqa: F811
+    fake.runner.plans = {**fake.runner.plans, "leaky": Plan(Trouble.LEAK, at_step=1)}
+    leaky = submit(fake.client, prompt="leaky", width=512, height=512)  # 0.7 GiB left behind
+    events = read_stream(fake.client, leaky["id"], timeout=30)
+    assert events[-1].data["status"] == "succeeded"  # the job itself went well
+    (warning,) = [e.data for e in durable(events) if "recycled" in str(e.data)]
+    assert warning["level"] == "warning" and "above baseline" in warning["message"]
+    assert "now 0.00 GiB allocated, baseline 0.00 GiB" in warning["message"]
+    assert fake.runner.device.leaked_bytes == 0
+    after = submit(fake.client, prompt="after the leak")
+    events = read_stream(fake.client, after["id"], timeout=30)
+    assert events[-1].data["status"] == "succeeded"
+    assert any("back to baseline" in str(e.data) for e in events)
+
+
+def test_a_job_too_large_for_the_device_fails_with_the_figures(fake: FakeServer) -> None:  # noqa: F811
+    fake.runner.device.total_bytes = 3 * 2**30  # 1 GiB of weights: 2 GiB free
+    try:
+        job = submit(fake.client, prompt="too large", width=1024, height=1024, steps=2)
+        events = read_stream(fake.client, job["id"], timeout=30)
+        small = submit(fake.client, prompt="small enough", width=512, height=512, steps=2)
+        small_events = read_stream(fake.client, small["id"], timeout=30)
+    finally:
+        fake.runner.device.total_bytes = 24 * 2**30
+    error = events[-1].data["error"]
+    assert error["code"] == "INSUFFICIENT_VRAM"
+    assert "a 1024x1024 image needs about 2.9 GiB" in error["message"]
+    assert "2.0 GiB of 3.0 GiB is free" in error["message"]
+    assert small_events[-1].data["status"] == "succeeded"

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         description="Memory for pipelines kept loaded between jobs, least recently used "
         "unloaded first; 0: 70% of the GPU, or a quarter of the memory on a CPU.",
     )
+    device_memory_tolerance_bytes: int = Field(
+        128 * 2**20,
+        ge=0,
+        description="How far above its loaded models' baseline a runner's device memory may "
+        "stay after a job; above it, the runner process is recycled.",
+    )
     max_batch_size: int = Field(
         4,
         ge=1,

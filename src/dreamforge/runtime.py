@@ -201,6 +201,7 @@ class Runtime:
             lease,
             self.tasks.enqueue_job,
             self.settings.retry_policy,
+            device_tolerance_bytes=self.settings.device_memory_tolerance_bytes,
         )
         if GPU_QUEUE in queues:
             self.tasks.attach(run_job=lifecycle.run)

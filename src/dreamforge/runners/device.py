@@ -1,7 +1,12 @@
-"""Choosing where the pipeline runs: CUDA, else Apple's MPS, else the CPU."""
+"""Where the pipeline runs (CUDA, else Apple's MPS, else the CPU), and what it holds there.
+
+Only CUDA reports its memory; elsewhere the figures are ``None`` and the checks that need
+them pass without measuring (and say so).
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -34,12 +39,27 @@ def select_device(requested: str | None = None) -> DeviceChoice:
     return DeviceChoice(device, dtype)
 
 
-def memory_report(choice: DeviceChoice) -> DeviceMemory:
-    """What the pipeline holds on its device now; only CUDA can tell."""
+def allocated_memory(choice: DeviceChoice) -> int | None:
+    if choice.device.type != "cuda":
+        return None
+    return int(torch.cuda.memory_allocated(choice.device))
+
+
+def settle(choice: DeviceChoice) -> None:
+    """Give back what nothing refers to any more: Python's garbage first (a traceback can
+    hold a whole micro-batch of activations), then the caching allocator's free blocks."""
+    gc.collect()
+    if choice.device.type == "cuda":
+        torch.cuda.synchronize(choice.device)
+        torch.cuda.empty_cache()
+
+
+def memory_report(choice: DeviceChoice, baseline_bytes: int | None) -> DeviceMemory:
+    """What the pipeline holds on its device now, against what its loaded models hold."""
     if choice.device.type != "cuda":
         return DeviceMemory(str(choice.device), None, None)
     _free, total = torch.cuda.mem_get_info(choice.device)
-    return DeviceMemory(str(choice.device), torch.cuda.memory_allocated(choice.device), total)
+    return DeviceMemory(str(choice.device), allocated_memory(choice), total, baseline_bytes)
 
 
 # Working memory one SDXL item needs while it denoises, per output pixel, in fp16 (latents,
@@ -48,20 +68,47 @@ def memory_report(choice: DeviceChoice) -> DeviceMemory:
 BYTES_PER_PIXEL = 3000
 
 
+def item_bytes(width: int, height: int) -> int:
+    """The device memory one item is expected to need while it denoises."""
+    return width * height * BYTES_PER_PIXEL
+
+
+class InsufficientMemory(Exception):
+    """Not even one item of the job is expected to fit in the free device memory."""
+
+    def __init__(self, width: int, height: int, free_bytes: int, total_bytes: int | None) -> None:
+        total = f" of {total_bytes / 2**30:.1f} GiB" if total_bytes else ""
+        super().__init__(
+            f"a {width}x{height} image needs about {item_bytes(width, height) / 2**30:.1f} GiB "
+            f"of device memory; {free_bytes / 2**30:.1f} GiB{total} is free. Ask for a "
+            "smaller size, or run it on a larger GPU"
+        )
+
+
 def fit_batch(max_batch: int, free_bytes: int | None, width: int, height: int) -> int:
     """Items to render together: at most ``max_batch``, and no more than ~80% of the free
-    device memory holds (``None``: unknown, as on a CPU)."""
+    device memory holds (``None``: unknown, as on a CPU); at least one, since the estimate
+    is on the safe side (``check_headroom`` refuses what cannot fit at all)."""
     if free_bytes is None:
         return max_batch
-    fits = int(free_bytes * 0.8) // (width * height * BYTES_PER_PIXEL)
+    fits = int(free_bytes * 0.8) // item_bytes(width, height)
     return max(1, min(max_batch, fits))
 
 
-def free_memory(choice: DeviceChoice) -> int | None:
+def check_headroom(
+    free_bytes: int | None, total_bytes: int | None, width: int, height: int
+) -> None:
+    """Raise ``InsufficientMemory`` if one item needs more than all the free memory."""
+    if free_bytes is not None and item_bytes(width, height) > free_bytes:
+        raise InsufficientMemory(width, height, free_bytes, total_bytes)
+
+
+def free_memory(choice: DeviceChoice) -> tuple[int | None, int | None]:
+    """Free and total device memory; ``None`` where the device cannot tell."""
     if choice.device.type != "cuda":
-        return None
-    free, _total = torch.cuda.mem_get_info(choice.device)
-    return int(free)
+        return None, None
+    free, total = torch.cuda.mem_get_info(choice.device)
+    return int(free), int(total)
 
 
 def default_budget(choice: DeviceChoice) -> int:

@@ -1,6 +1,6 @@
 """A runner without a GPU or a model: deterministic images, a set time per step, and
 failures on demand. It stands in for the SDXL runner where a test is about the worker
-(claims, leases, cancel, time limits, crashes), not about the pipeline.
+(claims, leases, cancel, time limits, crashes, device memory), not about the pipeline.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from PIL import Image
 from dreamforge import __version__
 from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
 from dreamforge.domain.errors import ErrorCode
+from dreamforge.runners.device import InsufficientMemory, check_headroom, item_bytes
 from dreamforge.runners.protocol import (
     DeviceMemory,
     Failed,
@@ -39,6 +40,7 @@ class Trouble(Enum):
     CRASH = "crash"  # the process dies
     HANG = "hang"  # stuck inside one device call until killed
     SLOW = "slow"  # every step from then on takes 0.1 s
+    LEAK = "leak"  # renders fine, but keeps its working memory for good (a stray reference)
 
 
 class Where(Enum):
@@ -62,6 +64,38 @@ class Plan:
     times: int | None = None
 
 
+@dataclass
+class FakeDevice:
+    """A GPU's memory as a ledger: the weights of loaded models, the working memory of the
+    item being rendered (given back when it ends, or by ``settle`` after a failure, as
+    garbage collection does), and leaks, which only a new process gives back."""
+
+    total_bytes: int = 24 * 2**30
+    weights: dict[str, int] = field(default_factory=dict)
+    working_bytes: int = 0
+    leaked_bytes: int = 0
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(self.weights.values()) + self.working_bytes + self.leaked_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self.total_bytes - self.allocated_bytes
+
+    def settle(self) -> None:
+        self.working_bytes = 0
+
+    def reset(self) -> None:
+        """The process that held it all is gone."""
+        self.weights.clear()
+        self.working_bytes = self.leaked_bytes = 0
+
+    def report(self) -> DeviceMemory:
+        baseline = sum(self.weights.values())
+        return DeviceMemory("fake", self.allocated_bytes, self.total_bytes, baseline)
+
+
 def fake_image(seed: int, width: int, height: int) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels, "RGB")
@@ -74,20 +108,48 @@ class FakeRunner:
     step_s: float = 0.0
     load_s: float = 0.0
     plans: Mapping[str, Plan] = field(default_factory=dict)
+    device: FakeDevice = field(default_factory=FakeDevice)
+    model_bytes: int = 2**30  # each loaded model's weights on the device
     rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
     renders: Counter[str] = field(default_factory=Counter)  # render requests per prompt
     _loaded: set[str] = field(default_factory=set)
 
     def preload(self, model: ModelRef) -> None:
-        self._loaded.add(model.id)
+        self._load(model.id)
 
     def memory(self) -> DeviceMemory:
-        return DeviceMemory("fake", 0, None)
+        return self.device.report()
+
+    def recycle(self) -> DeviceMemory:
+        self.stop()
+        return self.memory()
 
     def stop(self) -> None:
         self._loaded.clear()
+        self.device.reset()
+
+    def _load(self, model_id: str) -> None:
+        self._loaded.add(model_id)
+        self.device.weights[model_id] = self.model_bytes
 
     def render(
+        self,
+        request: RenderRequest,
+        on_message: Callable[[RunnerMessage], None],
+        tick: Callable[[], Tick],
+    ) -> Outcome:
+        """As the SDXL child does: render, then give back what the request left."""
+        try:
+            outcome = self._render(request, on_message, tick)
+        except RunnerCrashed:
+            self.stop()  # the process died, and the device memory with it
+            raise
+        self.device.settle()
+        if isinstance(outcome, Failed):
+            return Failed(outcome.code, outcome.message, self.memory())
+        return Finished(self.memory())
+
+    def _render(
         self,
         request: RenderRequest,
         on_message: Callable[[RunnerMessage], None],
@@ -112,26 +174,32 @@ class FakeRunner:
         cached = request.model.id in self._loaded
         if not cached:
             time.sleep(self.load_s)
-            self._loaded.add(request.model.id)
+            self._load(request.model.id)
         on_message(
             ModelLoaded(request.model.id, 0.0 if cached else self.load_s, cached, "fake", "uint8")
         )
         if spec is None:
-            return Finished(self.memory())
+            return Finished()
+        try:
+            check_headroom(self.device.free_bytes, self.device.total_bytes, spec.width, spec.height)
+        except InsufficientMemory as exc:
+            return Failed(ErrorCode.INSUFFICIENT_VRAM, str(exc))
         for item in request.items:
+            self.device.working_bytes = item_bytes(spec.width, spec.height)
             for step in range(1, spec.steps + 1):
                 trouble = trouble_at(Where.STEP, item.index)
                 at_step = plan.at_step if plan else 0
                 slow = trouble is Trouble.SLOW
                 time.sleep(0.1 if slow and step >= at_step else self.step_s)
-                if trouble is not None and step == at_step and not slow:
+                passive = (Trouble.SLOW, Trouble.LEAK)  # they change how it runs, not whether
+                if trouble is not None and step == at_step and trouble not in passive:
                     failed = self._meet(trouble, tick)
                     if failed is not None:
                         return failed
                 on_message(StepDone((item.index,), step, spec.steps))
                 decision = tick()
                 if decision is Tick.CANCEL:
-                    return Failed(ErrorCode.CANCELED, "canceled by request", self.memory())
+                    return Failed(ErrorCode.CANCELED, "canceled by request")
                 if decision is Tick.KILL:
                     raise RunnerCrashed("the runner was killed")
             for where in (Where.DECODE, Where.ENCODE):
@@ -153,12 +221,15 @@ class FakeRunner:
                 dtype="uint8",
             )
             self.rendered.append((spec.prompt, item.seed))
+            if trouble_at(Where.STEP, item.index) is Trouble.LEAK:
+                self.device.leaked_bytes += self.device.working_bytes
+            self.device.working_bytes = 0
             on_message(
                 ItemRendered(
                     item.index, item.seed, encode_png(image, receipt), spec.width, spec.height
                 )
             )
-        return Finished(self.memory())
+        return Finished()
 
     def _plan(self, prompt: str) -> Plan | None:
         """The prompt's plan, while it still applies to this render."""

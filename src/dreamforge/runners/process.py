@@ -39,8 +39,8 @@ def _child_main(
     device: str | None,
     memory_budget_bytes: int | None,
 ) -> None:
-    from dreamforge.runners.device import memory_report, select_device
-    from dreamforge.runners.sdxl import Canceled, ModelUnusable, SdxlRunner
+    from dreamforge.runners.device import InsufficientMemory, select_device
+    from dreamforge.runners.sdxl import Canceled, DeviceFull, ModelUnusable, SdxlRunner
 
     choice = select_device(device)
     runner = SdxlRunner(choice, memory_budget_bytes)
@@ -51,17 +51,23 @@ def _child_main(
             return
         if request is None:
             return
+        failed: tuple[ErrorCode, str] | None = None
         try:
             runner.generate(request, conn.send, cancel.is_set)
-            conn.send(Finished(memory_report(choice)))
         except Canceled:
-            conn.send(Failed(ErrorCode.CANCELED, "canceled by request", memory_report(choice)))
+            failed = ErrorCode.CANCELED, "canceled by request"
         except ModelUnusable as exc:
-            conn.send(Failed(ErrorCode.MODEL_NOT_READY, str(exc), memory_report(choice)))
+            failed = ErrorCode.MODEL_NOT_READY, str(exc)
+        except InsufficientMemory as exc:
+            failed = ErrorCode.INSUFFICIENT_VRAM, str(exc)
+        except DeviceFull as exc:
+            failed = ErrorCode.GPU_OOM, str(exc)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
             code = ErrorCode.GPU_OOM if is_out_of_memory(exc) else ErrorCode.RUNNER_ERROR
-            message = f"{type(exc).__name__}: {exc}"
-            conn.send(Failed(code, message, memory_report(choice)))
+            failed = code, f"{type(exc).__name__}: {exc}"
+        # Measured once the failure's traceback (and the activations it holds) is gone.
+        memory = runner.report()
+        conn.send(Finished(memory) if failed is None else Failed(*failed, memory))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -176,6 +182,14 @@ class SdxlProcessRunner:
         self._conn.send(RenderRequest(spec=None, model=model, items=()))
         self._preloading = True
 
+    def recycle(self) -> DeviceMemory | None:
+        """A fresh child: the driver takes back all the old one held on the device. Its
+        own figures come with its first request."""
+        self.kill()
+        self._memory = None
+        self.start()
+        return None
+
     def kill(self) -> None:
         if self._process is not None:
             self._process.kill()
@@ -193,6 +207,7 @@ class SdxlProcessRunner:
 
     def _discard(self) -> None:
         self._preloading = False
+        self._memory = None  # whatever it held went with it
         if self._conn is not None:
             self._conn.close()
         self._conn = None

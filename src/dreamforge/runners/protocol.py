@@ -82,11 +82,21 @@ class ItemRendered:
 
 @dataclass(frozen=True)
 class DeviceMemory:
-    """Device memory after a request: what the pipeline holds, and the device's size."""
+    """Device memory after a request: what the pipeline holds, what its loaded models
+    alone held when they were loaded (the baseline it should come back to), and the
+    device's size; ``None`` where the device cannot tell."""
 
     device: str
     allocated_bytes: int | None
     total_bytes: int | None
+    baseline_bytes: int | None = None
+
+    @property
+    def excess_bytes(self) -> int | None:
+        """Held beyond the baseline: what a job left behind."""
+        if self.allocated_bytes is None or self.baseline_bytes is None:
+            return None
+        return self.allocated_bytes - self.baseline_bytes
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,11 @@ class Runner(Protocol):
 
     def memory(self) -> DeviceMemory | None:
         """Device memory as of the last request, if the runner knows it."""
+        ...
+
+    def recycle(self) -> DeviceMemory | None:
+        """Start afresh, with nothing loaded (its memory left behind goes with it); the
+        device memory after."""
         ...
 
     def stop(self) -> None: ...

@@ -26,8 +26,18 @@ from PIL import Image
 from dreamforge import __version__
 from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
 from dreamforge.domain.jobs import JobSpec, Scheduler
-from dreamforge.runners.device import DeviceChoice, default_budget, fit_batch, free_memory
+from dreamforge.runners.device import (
+    DeviceChoice,
+    allocated_memory,
+    check_headroom,
+    default_budget,
+    fit_batch,
+    free_memory,
+    memory_report,
+    settle,
+)
 from dreamforge.runners.protocol import (
+    DeviceMemory,
     ItemRendered,
     ItemToRender,
     ModelLoaded,
@@ -54,6 +64,10 @@ class Canceled(Exception):
 
 class ModelUnusable(Exception):
     """The model's files are gone, changed or unreadable; the message says which."""
+
+
+class DeviceFull(Exception):
+    """Out of device memory with one image at a time; the message has the figures."""
 
 
 def check_files(model: ModelRef) -> None:
@@ -87,7 +101,14 @@ class SdxlRunner:
         self._resident = ResidentPipelines(budget)
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
         self._versions = library_versions()
+        self._baseline: int | None = allocated_memory(device)  # nothing loaded yet
         diffusers_logging.disable_progress_bar()
+
+    def report(self) -> DeviceMemory:
+        """Device memory once this request's leftovers are given back, against the
+        baseline of the pipelines kept loaded."""
+        settle(self._device)
+        return memory_report(self._device, self._baseline)
 
     def _load(self, model: ModelRef) -> tuple[StableDiffusionXLPipeline, Any, ModelLoaded]:
         started = time.perf_counter()
@@ -119,6 +140,8 @@ class SdxlRunner:
         pipe.set_progress_bar_config(disable=True)
         scheduler_config = pipe.scheduler.config
         self._resident.add(model.id, Resident(model.sha256, pipe, scheduler_config, size))
+        settle(self._device)
+        self._baseline = allocated_memory(self._device)  # what the loaded pipelines hold
         return pipe, scheduler_config, self._loaded(model, started, cached=False)
 
     def _loaded(self, model: ModelRef, started: float, cached: bool) -> ModelLoaded:
@@ -160,7 +183,9 @@ class SdxlRunner:
                 emit(message)
 
         pending = list(request.items)
-        size = fit_batch(request.max_batch, free_memory(self._device), spec.width, spec.height)
+        free, total = free_memory(self._device)
+        check_headroom(free, total, spec.width, spec.height)
+        size = fit_batch(request.max_batch, free, spec.width, spec.height)
         with ThreadPoolExecutor(1, thread_name_prefix="dreamforge-encode") as encoder:
             encoded: list[Future[None]] = []
             try:
@@ -168,9 +193,9 @@ class SdxlRunner:
                     batch = tuple(pending[:size])
                     try:
                         images = self._denoise(pipe, spec, batch, send, should_cancel)
-                    except torch.OutOfMemoryError:
+                    except torch.OutOfMemoryError as exc:
                         if size == 1:
-                            raise
+                            raise DeviceFull(self._oom_figures(spec)) from exc
                         size //= 2  # what does not fit at once may fit in halves
                         _empty_cache(self._device)
                         continue
@@ -181,6 +206,20 @@ class SdxlRunner:
             finally:
                 for future in encoded:
                     future.result()  # every finished image is sent, whatever happens next
+
+    def _oom_figures(self, spec: JobSpec) -> str:
+        settle(self._device)
+        free, total = free_memory(self._device)
+        held = allocated_memory(self._device)
+        figures = ", ".join(
+            f"{name} {value / 2**30:.1f} GiB"
+            for name, value in (("free", free), ("total", total), ("held by the pipeline", held))
+            if value is not None
+        )
+        return (
+            f"out of device memory rendering one {spec.width}x{spec.height} image "
+            f"(micro-batches already halved down to 1); {figures or 'no figures on this device'}"
+        )
 
     def _denoise(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -41,6 +41,7 @@ from dreamforge.events.notifier import Notifier
 from dreamforge.events.writer import JobWriter
 from dreamforge.runners.protocol import RunnerCrashed, Tick
 from dreamforge.store.jobs import JobRepository
+from dreamforge.worker.hygiene import DeviceHygiene
 from dreamforge.worker.steps import JobOutcome, StepDriver, StorageFailed
 
 logger = structlog.get_logger(__name__)
@@ -80,6 +81,7 @@ class JobLifecycle:
         enqueue: Callable[[str, float], None],
         retries: RetryPolicy | None = None,
         jitter: Callable[[], float] = random.random,
+        device_tolerance_bytes: int = 128 * 2**20,
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -89,6 +91,7 @@ class JobLifecycle:
         self._enqueue = enqueue
         self._retries = retries or RetryPolicy()
         self._jitter = jitter
+        self._hygiene = DeviceHygiene(driver.runner, device_tolerance_bytes)
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -121,7 +124,8 @@ class JobLifecycle:
             self._notifier.forget_cancel(job_id)
         if outcome is None:
             return self._requeue(job) if self._stopping.is_set() else None
-        return self._finish(job, outcome, time.monotonic() - watch.started)
+        notes = self._hygiene.check(job.id, job.stage)
+        return self._finish(job, outcome, time.monotonic() - watch.started, notes)
 
     def _after_crash(self, job: Job, watch: _Watch, exc: RunnerCrashed) -> JobOutcome | None:
         """The outcome of a runner that died or was killed; ``None`` when the job is not
@@ -160,26 +164,27 @@ class JobLifecycle:
         """Hand the job back (this worker is stopping) and send it again at once, so that
         another worker takes it now rather than when the reaper notices."""
         said = log_event("worker stopping; job returned to the queue", LogLevel.WARNING, job.stage)
-        return self._release(job, said, delay_s=0.0)
+        return self._release(job, [said], delay_s=0.0)
 
-    def _retry(self, job: Job, error: JobError) -> JobStatus | None:
+    def _retry(
+        self, job: Job, error: JobError, notes: Sequence[EventData] = ()
+    ) -> JobStatus | None:
         """Back to the queue after a transient failure, to be sent again after a backoff."""
         delay_s = self._retries.delay_s(job.attempts, self._jitter())
-        said = (
+        message = (
             f"attempt {job.attempts} failed ({error.code}: {error.message}); retrying in "
             f"{delay_s:.1f}s, attempt {job.attempts + 1} of {self._retries.max_attempts}"
         )
         logger.warning("job.retrying", job_id=job.id, code=error.code, delay_s=delay_s)
-        return self._release(
-            job, log_event(said, LogLevel.WARNING, job.stage, code=error.code), delay_s
-        )
+        said = log_event(message, LogLevel.WARNING, job.stage, code=error.code)
+        return self._release(job, [*notes, said], delay_s)
 
-    def _release(self, job: Job, said: EventData, delay_s: float) -> JobStatus | None:
+    def _release(self, job: Job, said: Sequence[EventData], delay_s: float) -> JobStatus | None:
         """``running → queued``, then to the broker, to be taken after ``delay_s``."""
         released = self._writer.transition(
             job.id,
             REQUEUE,
-            [said, status_event(JobStatus.QUEUED)],
+            [*said, status_event(JobStatus.QUEUED)],
             owner=self._settings.worker_id,
             lease_owner=None,
             lease_expires_at=None,
@@ -196,14 +201,16 @@ class JobLifecycle:
             logger.warning("job.resend_failed", job_id=job.id, exc_info=True)
         return JobStatus.QUEUED
 
-    def _finish(self, job: Job, outcome: JobOutcome, elapsed_s: float) -> JobStatus | None:
-        events: list[EventData] = []
+    def _finish(
+        self, job: Job, outcome: JobOutcome, elapsed_s: float, notes: Sequence[EventData] = ()
+    ) -> JobStatus | None:
+        events: list[EventData] = [*notes]
         error: JobError | None = outcome.error
         dead_lettered = False
         if error is not None:
             verdict = self._retries.verdict(error.code, job.attempts)
             if verdict is Verdict.RETRY:
-                return self._retry(job, error)
+                return self._retry(job, error, notes)
             dead_lettered = verdict is Verdict.DEAD_LETTER
             events += failure_events(error, job.stage, job.attempts, dead_lettered)
         else:
