@@ -169,3 +169,32 @@ def test_jobs_waiting_in_a_healthy_backlog_are_not_sent_twice(
     log = (tmp_path / "worker.log").read_text()
     assert [j["attempts"] for j in finished] == [1] * 8
     assert "reaper.resent" not in log and "job.not_claimed" not in log
+
+
+def test_a_worker_stopping_under_a_backlog_drops_no_message(
+    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Messages that reach a stopping worker stay in the queue for the next one: it stops
+    consuming before it lets go of its job handler, so none is dead-lettered."""
+    import redis
+
+    settings = distributed_settings(port=free_port(), **FAST_RECOVERY)
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    first, second = Worker(settings, tmp_path / "a.log"), Worker(settings, tmp_path / "b.log")
+    first.start()
+    with (
+        ApiThread(settings, run_worker=False) as api,
+        httpx.Client(base_url=api.url, timeout=60) as client,
+    ):
+        jobs = [submit(client, steps=10, seed=i) for i in range(4)]
+        read_stream(client, jobs[0]["id"], until=lambda e: e.data.get("step", 0) >= 2)
+        first.signal(signal.SIGTERM)  # three messages wait behind the job it holds
+        second.start()
+        try:
+            final = [wait_for(client, j["id"], {"succeeded", "failed"}, 180) for j in jobs]
+        finally:
+            second.signal(signal.SIGTERM)
+    assert [job["status"] for job in final] == ["succeeded"] * 4
+    dead = redis.Redis.from_url(settings.broker_url).zcard(f"{settings.redis_namespace}:gpu.XQ")
+    assert dead == 0
+    assert "not a worker process" not in (tmp_path / "a.log").read_text()

@@ -10,19 +10,25 @@ job on the same worker succeeds.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from dreamforge.config import Settings
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.runners.fake import Plan, Trouble, Where
+from dreamforge.runners.process import SdxlProcessRunner
+from tests.conftest import ApiThread, free_port, register_tiny
 from tests.helpers import durable, last_id, read_stream, submit, wait_for
 from tests.test_lifecycle import FakeServer, fake  # noqa: F401 - the fixture
 
@@ -315,3 +321,30 @@ def test_a_job_too_large_for_the_device_fails_with_the_figures(fake: FakeServer)
     assert "a 1024x1024 image needs about 2.9 GiB" in error["message"]
     assert "2.0 GiB of 3.0 GiB is free" in error["message"]
     assert small_events[-1].data["status"] == "succeeded"
+
+
+# -- the real pipeline process -----------------------------------------------------------
+
+
+def test_a_pipeline_process_killed_mid_job_is_replaced_and_the_job_retried(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, port=free_port(), retry_backoff_s=0.1, sse_ping_s=1.0)  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    runner = SdxlProcessRunner()
+    with (
+        ApiThread(settings, run_worker=True, runner=runner) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        job = submit(client, prompt="killed mid-job", width=128, height=128, steps=30)
+        read_stream(client, job["id"], until=lambda e: e.data.get("step", 0) >= 2, timeout=120)
+        first = runner.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # the kernel's OOM killer, a driver segfault
+        events = read_stream(client, job["id"], timeout=120)
+        done = client.get(job["links"]["self"]).json()
+        assert done["status"] == "succeeded" and done["attempts"] == 2
+        assert runner.pid not in (None, first)
+        (retry,) = [e.data for e in durable(events) if "retrying in" in str(e.data)]
+        assert retry["code"] == "RUNNER_CRASHED" and "exit code -9" in retry["message"]
+        assert len(client.get(job["links"]["artifacts"]).json()["data"]) == 1

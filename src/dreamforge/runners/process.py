@@ -91,6 +91,11 @@ class SdxlProcessRunner:
         self._poller = select.poll()
 
     @property
+    def pid(self) -> int | None:
+        """The child's process id, while there is one."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
@@ -157,8 +162,10 @@ class SdxlProcessRunner:
                 try:
                     message = self._conn.recv()
                 except (EOFError, OSError) as exc:
+                    self._process.join(1)  # its exit code says how it died (-9: killed)
+                    code = self._process.exitcode
                     self._discard()
-                    raise RunnerCrashed("the runner process died") from exc
+                    raise RunnerCrashed(f"the runner process died with exit code {code}") from exc
                 if isinstance(message, Finished | Failed):
                     self._memory = message.memory or self._memory
                     return message
