@@ -102,7 +102,7 @@ def test_pages_cover_every_job_once_newest_first(database: Database) -> None:
     ids = [new_job(jobs) for _ in range(7)]
     seen, cursor = [], None
     while True:
-        page = jobs.page(None, 3, cursor)
+        page = jobs.page(None, 3, cursor, "default")
         seen += [j.id for j in page.jobs]
         if page.next_cursor is None:
             break

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import signal
 import threading
 from enum import StrEnum
@@ -21,6 +23,8 @@ from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 
 if TYPE_CHECKING:
     from dreamforge.models.registry import ModelRegistry
+    from dreamforge.runtime import Runtime
+    from dreamforge.services.access import AccessService
     from dreamforge.services.dead_letters import DeadLetterQueue
 
 app = typer.Typer(help="Dream Forge: an API-first render fabric for SDXL.", no_args_is_help=True)
@@ -32,7 +36,20 @@ dlq_app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
+key_app = typer.Typer(
+    help="API keys: who may call the API, for which tenant.", no_args_is_help=True
+)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(key_app, name="key")
+
+InsecureNoAuth = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Serve beyond loopback without API keys: anyone who reaches the port may "
+        "use every route.",
+    ),
+]
 console = Console()
 
 DataDir = Annotated[
@@ -67,6 +84,7 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="Default: 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="Default: 8000")] = None,
+    insecure_no_auth: InsecureNoAuth = False,
 ) -> None:
     """Run everything in one process: API, worker, SQLite and local files."""
     from dreamforge.api.app import create_app
@@ -76,6 +94,7 @@ def serve(
     settings = _settings(data_dir, host=host, port=port)
     runtime = Runtime.build(settings)
     runtime.prepare()
+    _check_access(runtime, settings, insecure_no_auth)
     url = f"http://{settings.host}:{settings.port}"
     console.print(
         f"[bold green]Dream Forge[/] is starting at [link={url}]{url}[/link] "
@@ -90,6 +109,40 @@ def serve(
         timeout_graceful_shutdown=10,
         proxy_headers=settings.trust_forwarded_headers,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
+
+
+def _check_access(runtime: Runtime, settings: Settings, insecure_no_auth: bool) -> None:
+    """Secure by default: no API keys is fine on loopback only."""
+    if not runtime.access.is_open():
+        console.print("API keys are required (Authorization: Bearer …)")
+        return
+    if _is_loopback(settings.host):
+        console.print(
+            "[yellow]open:[/] no API keys, so anyone on this machine may use the API; "
+            "`dreamforge key create` makes the first and turns keys on"
+        )
+        return
+    if insecure_no_auth:
+        console.print(
+            f"[red]insecure:[/] serving {settings.host} with no API keys "
+            "(--insecure-no-auth): anyone who reaches the port may use every route"
+        )
+        return
+    runtime.stop()
+    console.print(
+        f"[red]error:[/] refusing to serve {settings.host} without API keys: create one with "
+        "`dreamforge key create --tenant NAME`, serve on 127.0.0.1, or pass --insecure-no-auth"
+    )
+    raise typer.Exit(1)
 
 
 def _warn_if_links_point_nowhere(settings: Settings) -> None:
@@ -109,6 +162,7 @@ def api(
     host: Annotated[str | None, typer.Option(help="Default: 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="Default: 8000")] = None,
     workers: Annotated[int, typer.Option(min=1, help="API processes on this port")] = 1,
+    insecure_no_auth: InsecureNoAuth = False,
 ) -> None:
     """Serve the API only; `dreamforge worker` processes run the jobs (distributed)."""
     from dreamforge.api.app import create_app
@@ -118,6 +172,7 @@ def api(
     settings = _settings(data_dir, host=host, port=port)
     runtime = Runtime.build(settings)
     runtime.prepare()
+    _check_access(runtime, settings, insecure_no_auth)
     console.print(f"[bold green]Dream Forge API[/] at http://{settings.host}:{settings.port}")
     _warn_if_links_point_nowhere(settings)
     options = {
@@ -408,6 +463,70 @@ def dlq_purge(data_dir: DataDir = None) -> None:
     """Empty the dead-letter queue; its jobs stay failed."""
     _, dead_letters = _dead_letters(data_dir)
     console.print(f"{dead_letters.purge()} job(s) taken out of the dead-letter queue")
+
+
+def _access(data_dir: Path | None) -> AccessService:
+    from dreamforge.services.access import AccessService
+    from dreamforge.store.db import Database
+    from dreamforge.store.keys import KeyRepository
+
+    db = Database(_settings(data_dir).resolved_database_url)
+    db.upgrade()
+    return AccessService(KeyRepository(db))
+
+
+@key_app.command("create")
+def key_create(
+    tenant: Annotated[str, typer.Option(help="Whose jobs the key sees and makes")],
+    scopes: Annotated[
+        str,
+        typer.Option(help="Comma-separated: jobs:write, jobs:read, models:admin, admin"),
+    ] = "jobs:write,jobs:read",
+    data_dir: DataDir = None,
+) -> None:
+    """Make an API key; it is printed once and only its hash is kept."""
+    from dreamforge.domain.access import TENANT_PATTERN, Scope
+
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise _refused(ValueError(f"tenant {tenant!r}: use a-z, 0-9, '.', '_', '-' (63 at most)"))
+    try:
+        chosen = frozenset(Scope(s.strip()) for s in scopes.split(",") if s.strip())
+    except ValueError as exc:
+        known = ", ".join(s.value for s in Scope)
+        raise _refused(ValueError(f"{exc}; the scopes are {known}")) from exc
+    issued = _access(data_dir).create(tenant, chosen)
+    console.print(
+        f"key {issued.record.id} for tenant {tenant} "
+        f"({', '.join(sorted(s.value for s in chosen))}); it is shown this once:"
+    )
+    print(issued.key)  # plain: scripts read it
+
+
+@key_app.command("list")
+def key_list(data_dir: DataDir = None) -> None:
+    """Show the keys (never the keys themselves: only their ids)."""
+    table = Table("id", "tenant", "scopes", "created", "revoked")
+    for key in _access(data_dir).list():
+        table.add_row(
+            key.id,
+            key.tenant,
+            ",".join(sorted(s.value for s in key.scopes)),
+            key.created_at.isoformat(timespec="seconds"),
+            key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
+        )
+    console.print(table)
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str, data_dir: DataDir = None) -> None:
+    """Stop a key from working (within seconds on a running server)."""
+    from dreamforge.domain.errors import DreamForgeError
+
+    try:
+        _access(data_dir).revoke(key_id)
+    except DreamForgeError as exc:
+        raise _refused(exc) from exc
+    console.print(f"revoked {key_id}")
 
 
 if __name__ == "__main__":

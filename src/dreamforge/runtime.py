@@ -33,6 +33,7 @@ from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 from dreamforge.queue.reaper import Reaper, ReaperLoop
 from dreamforge.queue.tasks import Tasks
 from dreamforge.runners.protocol import ModelRef, Runner
+from dreamforge.services.access import AccessService
 from dreamforge.services.artifacts import ArtifactService
 from dreamforge.services.dead_letters import DeadLetterQueue
 from dreamforge.services.downloads import DownloadService
@@ -40,6 +41,7 @@ from dreamforge.services.jobs import JobService
 from dreamforge.store.db import Database
 from dreamforge.store.downloads import DownloadRepository
 from dreamforge.store.jobs import JobRepository
+from dreamforge.store.keys import KeyRepository
 from dreamforge.store.models import ModelRepository
 from dreamforge.worker.downloads import DownloadWorker
 from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
@@ -91,6 +93,7 @@ class Runtime:
     artifact_service: ArtifactService
     download_service: DownloadService
     dead_letters: DeadLetterQueue
+    access: AccessService
     reaper: Reaper
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -142,6 +145,7 @@ class Runtime:
                 DownloadRepository(db), notifier, tasks.enqueue_download
             ),
             dead_letters=DeadLetterQueue(jobs, writer, tasks.enqueue_job),
+            access=AccessService(KeyRepository(db)),
             reaper=Reaper(
                 jobs, writer, tasks.enqueue_job, tasks.pending_job_ids, settings.retry_policy
             ),

@@ -5,10 +5,13 @@ Routes name the one service they use; the runtime that built it stays out of the
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from dreamforge.domain.access import Caller, Scope
 from dreamforge.domain.jobs import MODEL_ID_PATTERN
 from dreamforge.events.follow import JobEvents
 from dreamforge.models.registry import ModelRegistry
@@ -67,6 +70,31 @@ def _sse_ping_s(request: Request) -> float:
     return _runtime(request).settings.sse_ping_s
 
 
+# Not auto_error: a server without keys takes requests without a header.
+_bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="df_<id>_<secret>",
+    description="An API key from `dreamforge key create`; none needed while the server "
+    "has no keys (loopback only).",
+)
+
+
+def _caller_with(scope: Scope) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the caller, if its key is valid and has ``scope`` (401, 403)."""
+
+    async def caller(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        header = f"Bearer {credentials.credentials}" if credentials else None
+        # Cached for seconds: on the event loop, a query only when the cache is cold.
+        found = _runtime(request).access.caller(header)
+        found.require(scope)
+        return found
+
+    return caller
+
+
 # Identifiers in paths are checked before anything looks them up: a NUL byte or a
 # megabyte of text is a bad request, not a database error.
 JobId = Annotated[
@@ -79,6 +107,12 @@ ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="A registere
 ArtifactKey = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9._/-]{1,512}$", description="From the artifact's signed URL.")
 ]
+
+# The caller of a route, by the scope it needs.
+Reader = Annotated[Caller, Depends(_caller_with(Scope.JOBS_READ))]
+Writer = Annotated[Caller, Depends(_caller_with(Scope.JOBS_WRITE))]
+ModelAdmin = Annotated[Caller, Depends(_caller_with(Scope.MODELS_ADMIN))]
+Admin = Annotated[Caller, Depends(_caller_with(Scope.ADMIN))]
 
 BaseUrl = Annotated[str, Depends(_base_url)]
 Jobs = Annotated[JobService, Depends(_jobs)]

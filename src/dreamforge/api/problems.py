@@ -20,6 +20,7 @@ from dreamforge.domain.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    Unauthorized,
 )
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,7 @@ _STATUS_BY_CLASS: list[tuple[type[DreamForgeError], int]] = [
     (InvalidRequest, 422),
     (Conflict, 409),
     (Forbidden, 403),
+    (Unauthorized, 401),
 ]
 
 
@@ -119,7 +121,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DreamForgeError)
     async def _domain(request: Request, exc: DreamForgeError) -> JSONResponse:
         status = next((s for cls, s in _STATUS_BY_CLASS if isinstance(exc, cls)), 500)
-        return problem(status, exc.code, exc.detail, request.url.path, exc.errors)
+        # RFC 6750: a 401 names the scheme it wants.
+        headers = {"WWW-Authenticate": 'Bearer realm="dreamforge"'} if status == 401 else None
+        return problem(status, exc.code, exc.detail, request.url.path, exc.errors, headers)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

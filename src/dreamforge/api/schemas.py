@@ -343,6 +343,11 @@ class Problem(BaseModel):
 
 
 _PROBLEM_EXAMPLES: dict[int, tuple[str, str, str]] = {
+    401: (
+        "UNAUTHORIZED",
+        "API key missing or not valid",
+        "the API key is not valid (unknown, revoked or mistyped)",
+    ),
     403: (
         "FORBIDDEN",
         "Signature invalid or expired",
@@ -384,6 +389,25 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "content": {"application/problem+json": {"example": example}},
         }
     return responses
+
+
+def access_responses() -> dict[int | str, dict[str, Any]]:
+    """The problems of a route that wants an API key: none or a bad one, or one without
+    the scope the route needs."""
+    _, example = problem_example(401)
+    scope = "this API key lacks the 'jobs:write' scope"
+    return {
+        **problem_responses(401),
+        403: {
+            "model": Problem,
+            "description": "The API key lacks the scope this route needs",
+            "content": {
+                "application/problem+json": {
+                    "example": {**example, "status": 403, "code": "FORBIDDEN", "detail": scope}
+                }
+            },
+        },
+    }
 
 
 def _wire_model(payload: type[EventData]) -> type[BaseModel]:

@@ -73,6 +73,11 @@ class Conflict(DreamForgeError):
         super().__init__(ErrorCode.CONFLICT, detail)
 
 
+class Unauthorized(DreamForgeError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.UNAUTHORIZED, detail)
+
+
 class Forbidden(DreamForgeError):
     def __init__(self, detail: str) -> None:
         super().__init__(ErrorCode.FORBIDDEN, detail)

@@ -10,6 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.errors import JobError
 from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
 
@@ -31,6 +32,7 @@ class Job:
     finished_at: datetime | None
     # Set when the job failed for good after its transient failures used up its attempts.
     dead_lettered_at: datetime | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,4 @@ class Download:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    tenant: str = DEFAULT_TENANT

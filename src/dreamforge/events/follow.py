@@ -26,12 +26,12 @@ class JobEvents:
         self._notifier = notifier
         self._poll_s = poll_s
 
-    def job(self, job_id: str) -> Job:
-        return self._jobs.require(job_id)
+    def job(self, job_id: str, tenant: str | None = None) -> Job:
+        return self._jobs.require(job_id, tenant)
 
-    def resumable(self, job_id: str, after: int, field: str) -> Job:
-        """The job, if a stream may resume after event ``after`` of it."""
-        job = self.job(job_id)
+    def resumable(self, job_id: str, after: int, field: str, tenant: str) -> Job:
+        """``tenant``'s job, if a stream may resume after event ``after`` of it."""
+        job = self.job(job_id, tenant)
         if after > job.last_seq:
             raise InvalidRequest(
                 [
@@ -45,9 +45,14 @@ class JobEvents:
         return job
 
     def log_lines(
-        self, job_id: str, after: int = 0, since: datetime | None = None, tail: int | None = None
+        self,
+        job_id: str,
+        tenant: str,
+        after: int = 0,
+        since: datetime | None = None,
+        tail: int | None = None,
     ) -> list[JobEvent]:
-        self.job(job_id)
+        self.job(job_id, tenant)
         lines = self._jobs.events(job_id, after, types=[EventType.LOG], since=since)
         return lines[-tail:] if tail is not None else lines
 

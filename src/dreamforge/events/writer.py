@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError
 from dreamforge.domain.events import EventData, JobEvent, ProgressData, log_event, status_event
@@ -35,9 +36,10 @@ class JobWriter:
         events: Sequence[EventData],
         idempotency: IdempotencyKey | None = None,
         keys_expire_before: datetime | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Job:
         # Nobody can follow a job before its id is returned: nothing to publish yet.
-        return self._jobs.create(job_id, spec, events, idempotency, keys_expire_before)
+        return self._jobs.create(job_id, spec, events, idempotency, keys_expire_before, tenant)
 
     def claim(self, job_id: str, owner: str, lease_s: float) -> Job | None:
         claimed = self._jobs.claim(job_id, owner, lease_s, [status_event(JobStatus.RUNNING, owner)])

@@ -29,9 +29,9 @@ class ArtifactService:
         self._signer = signer
         self._url_ttl_s = url_ttl_s
 
-    def list(self, job_id: str, base_url: str) -> list[ArtifactLink]:
+    def list(self, job_id: str, tenant: str, base_url: str) -> list[ArtifactLink]:
         """The job's artifacts in step and item order, each with a fresh URL."""
-        self._jobs.require(job_id)
+        self._jobs.require(job_id, tenant)
         expires_at = utcnow() + timedelta(seconds=self._url_ttl_s)
         return [
             ArtifactLink(a, self._storage.url(a.key, self._url_ttl_s, base_url), expires_at)

@@ -29,26 +29,26 @@ class DownloadService:
         self._enqueue = enqueue
         self._poll_s = poll_s
 
-    def submit(self, source: str, model_id: str | None) -> Download:
+    def submit(self, source: str, model_id: str | None, tenant: str) -> Download:
         """Check the source, record the download and queue it on the io queue."""
         try:
             parse_source(source)
         except BadSource as exc:
             raise InvalidRequest([FieldProblem("source", str(exc).split(";")[0], FORMS)]) from exc
-        download = self._downloads.create(str(uuid.uuid4()), source, model_id)
+        download = self._downloads.create(str(uuid.uuid4()), source, model_id, tenant)
         self._enqueue(download.id)
         return download
 
-    def get(self, download_id: str) -> Download:
+    def get(self, download_id: str, tenant: str) -> Download:
         download = self._downloads.get(download_id)
-        if download is None:
+        if download is None or download.tenant != tenant:
             raise NotFound("download", download_id)
         return download
 
-    async def follow(self, download_id: str) -> AsyncIterator[Download]:
+    async def follow(self, download_id: str, tenant: str) -> AsyncIterator[Download]:
         """The download as it is now, then again at each change, until it has ended."""
         with closing(self._notifier.subscribe(download_id)) as subscription:
-            current = await asyncio.to_thread(self.get, download_id)
+            current = await asyncio.to_thread(self.get, download_id, tenant)
             yield current
             while not current.status.is_terminal:
                 events = await subscription.wait(self._poll_s)
@@ -57,7 +57,7 @@ class DownloadService:
                     done, total = progress[-1].data["bytes_done"], progress[-1].data["bytes_total"]
                     current = dataclasses.replace(current, bytes_done=done, bytes_total=total)
                 else:  # a status change, or quiet for a while: the row has the truth
-                    row = await asyncio.to_thread(self.get, download_id)
+                    row = await asyncio.to_thread(self.get, download_id, tenant)
                     # The row's bytes lag behind live ones while it runs: never go back.
                     done = row.bytes_done
                     if not row.status.is_terminal:

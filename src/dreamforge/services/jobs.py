@@ -51,18 +51,20 @@ class JobService:
         self._default_model_id = default_model_id
         self._key_ttl = timedelta(seconds=idempotency_key_ttl_s)
 
-    def submit(self, request: JobRequest, idempotency_key: str | None = None) -> Job:
-        """Create and queue the job. With an ``idempotency_key`` (the IETF draft's
-        ``Idempotency-Key``), the same key with the same request gives back the job it
-        created; with another request, an ``IDEMPOTENCY_KEY_REUSED`` problem."""
+    def submit(self, request: JobRequest, idempotency_key: str | None, tenant: str) -> Job:
+        """Create and queue the job for ``tenant``. With an ``idempotency_key`` (the IETF
+        draft's ``Idempotency-Key``), the same key with the same request gives back the job
+        it created; with another request, an ``IDEMPOTENCY_KEY_REUSED`` problem. Keys are
+        the tenant's own: two tenants may pick the same one."""
         if idempotency_key is None:
-            return self._create(request, None)
-        key = IdempotencyKey(idempotency_key, _fingerprint(request))
+            return self._create(request, None, tenant)
+        scoped = hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()
+        key = IdempotencyKey(scoped, _fingerprint(request))
         found = self._jobs.job_for_key(key.key, utcnow() - self._key_ttl)
         if found is not None:
             return self._replay(key, *found)
         try:
-            return self._create(request, key)
+            return self._create(request, key, tenant)
         except KeyTaken:  # a concurrent create with this key got there first
             found = self._jobs.job_for_key(key.key, utcnow() - self._key_ttl)
             assert found is not None, "a key that is taken is recorded"
@@ -80,9 +82,9 @@ class JobService:
                 ],
                 code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
             )
-        return self.get(job_id)
+        return self._jobs.require(job_id)
 
-    def _create(self, request: JobRequest, key: IdempotencyKey | None) -> Job:
+    def _create(self, request: JobRequest, key: IdempotencyKey | None, tenant: str) -> Job:
         model_id = request.model_id or self._default_model_id
         model = self._models.get(model_id)
         if model is None:
@@ -126,6 +128,7 @@ class JobService:
             ],
             key,
             utcnow() - self._key_ttl,
+            tenant,
         )
         try:
             self._enqueue(job.id)
@@ -133,12 +136,14 @@ class JobService:
             log.exception("job.enqueue_failed", job_id=job.id)
         return job
 
-    def get(self, job_id: str) -> Job:
-        return self._jobs.require(job_id)
+    def get(self, job_id: str, tenant: str) -> Job:
+        return self._jobs.require(job_id, tenant)
 
-    def page(self, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
+    def page(
+        self, status: JobStatus | None, limit: int, cursor: str | None, tenant: str
+    ) -> JobPage:
         try:
-            return self._jobs.page(status, limit, cursor)
+            return self._jobs.page(status, limit, cursor, tenant)
         except ValueError as exc:
             raise InvalidRequest(
                 [
@@ -150,9 +155,9 @@ class JobService:
                 ]
             ) from exc
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, tenant: str) -> Job:
         """A queued job ends ``canceled`` at once; a running one is asked to stop."""
-        job = self.get(job_id)
+        job = self.get(job_id, tenant)
         if job.status is JobStatus.QUEUED:
             canceled = self._writer.transition(
                 job_id,
@@ -167,12 +172,12 @@ class JobService:
                 stage=Stage.DONE.value,
             )
             if canceled is not None:
-                return self.get(job_id)
-            job = self.get(job_id)  # a worker claimed it meanwhile: cancel it running
+                return self.get(job_id, tenant)
+            job = self.get(job_id, tenant)  # a worker claimed it meanwhile: cancel it running
         if job.status is JobStatus.RUNNING:
             if not job.cancel_requested:
                 self._writer.request_cancel(job_id, job.stage)
-            return self.get(job_id)
+            return self.get(job_id, tenant)
         if job.status is JobStatus.CANCELED:
             return job
         raise Conflict(f"job {job_id} already {job.status.value}; there is nothing to cancel")

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from sqlalchemy import Row, Table, insert, select, update
 
+from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.records import Download, DownloadStatus
 from dreamforge.store.db import Database
@@ -23,9 +24,12 @@ class DownloadRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, download_id: str, source: str, model_id: str | None) -> Download:
+    def create(
+        self, download_id: str, source: str, model_id: str | None, tenant: str = DEFAULT_TENANT
+    ) -> Download:
         values = {
             "id": download_id,
+            "tenant": tenant,
             "source": source,
             "model_id": model_id,
             "status": DownloadStatus.QUEUED.value,

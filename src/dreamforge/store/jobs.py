@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError, NotFound
 from dreamforge.domain.events import EventData, EventType, JobEvent
@@ -79,6 +80,7 @@ def _job(row: Row[Any]) -> Job:
         started_at=m["started_at"],
         finished_at=m["finished_at"],
         dead_lettered_at=m["dead_lettered_at"],
+        tenant=m["tenant"],
     )
 
 
@@ -163,6 +165,7 @@ class JobRepository:
         new_events: Sequence[EventData],
         idempotency: IdempotencyKey | None = None,
         keys_expire_before: datetime | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Job:
         """Insert the job with its first events, in two statements: this is the API's
         hottest write. With ``idempotency``, the key is recorded in the same transaction;
@@ -182,11 +185,13 @@ class JobRepository:
             created_at=now,
             started_at=None,
             finished_at=None,
+            tenant=tenant,
         )
         with self._db.connection() as connection:
             connection.execute(
                 insert(jobs).values(
                     id=job.id,
+                    tenant=tenant,
                     status=job.status.value,
                     spec=spec.model_dump(mode="json"),
                     progress=job.progress,
@@ -353,10 +358,11 @@ class JobRepository:
 
     # -- reads --------------------------------------------------------------------------
 
-    def require(self, job_id: str) -> Job:
-        """The job; ``NotFound`` if there is none."""
+    def require(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job; ``NotFound`` if there is none, or if it is not ``tenant``'s: another
+        tenant's job is as absent as one that never was."""
         job = self.get(job_id)
-        if job is None:
+        if job is None or (tenant is not None and job.tenant != tenant):
             raise NotFound("job", job_id)
         return job
 
@@ -390,9 +396,16 @@ class JobRepository:
         with self._db.reading() as connection:
             return list(connection.execute(query).scalars())
 
-    def page(self, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
-        """Newest first; ``cursor`` continues after the last job of the previous page."""
-        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+    def page(
+        self, status: JobStatus | None, limit: int, cursor: str | None, tenant: str
+    ) -> JobPage:
+        """``tenant``'s jobs, newest first; ``cursor`` continues after the last job of the
+        previous page."""
+        query = (
+            select(jobs)
+            .where(jobs.c.tenant == tenant)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        )
         if status is not None:
             query = query.where(jobs.c.status == status.value)
         if cursor:

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, S
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.clock import utcnow
 
 
@@ -59,6 +60,7 @@ class DownloadRow(Base):
     __tablename__ = "downloads"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), default=DEFAULT_TENANT)
     source: Mapped[str] = mapped_column(String(1024))
     model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     status: Mapped[str] = mapped_column(String(16))
@@ -68,6 +70,17 @@ class DownloadRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    scopes: Mapped[list[Any]]
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class IdempotencyKeyRow(Base):
@@ -85,9 +98,11 @@ class JobRow(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ix_jobs_dead_lettered", "dead_lettered_at"),
+        Index("ix_jobs_tenant_created", "tenant", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), default=DEFAULT_TENANT)
     status: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]]
     progress: Mapped[float] = mapped_column(default=0.0)

@@ -6,8 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from dreamforge.api.deps import ArtifactKey, Artifacts, BaseUrl, JobId
-from dreamforge.api.schemas import ArtifactListOut, ArtifactOut, problem_responses
+from dreamforge.api.deps import ArtifactKey, Artifacts, BaseUrl, JobId, Reader
+from dreamforge.api.schemas import (
+    ArtifactListOut,
+    ArtifactOut,
+    access_responses,
+    problem_responses,
+)
 from dreamforge.services.artifacts import ArtifactLink
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
@@ -17,10 +22,13 @@ router = APIRouter(prefix="/v1", tags=["artifacts"])
     "/jobs/{job_id}/artifacts",
     response_model=ArtifactListOut,
     summary="A job's images, with signed URLs",
-    responses=problem_responses(404, 503),
+    responses={**problem_responses(404, 503), **access_responses()},
 )
-def list_artifacts(job_id: JobId, artifacts: Artifacts, base: BaseUrl) -> ArtifactListOut:
-    return ArtifactListOut(data=[artifact_out(link) for link in artifacts.list(job_id, base)])
+def list_artifacts(
+    job_id: JobId, artifacts: Artifacts, base: BaseUrl, caller: Reader
+) -> ArtifactListOut:
+    links = artifacts.list(job_id, caller.tenant, base)
+    return ArtifactListOut(data=[artifact_out(link) for link in links])
 
 
 def artifact_out(link: ArtifactLink) -> ArtifactOut:

@@ -8,17 +8,18 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from dreamforge.api.deps import BaseUrl, DownloadId, Downloads, SsePing
+from dreamforge.api.deps import BaseUrl, DownloadId, Downloads, ModelAdmin, SsePing
 from dreamforge.api.schemas import (
     DownloadLinks,
     DownloadOut,
     ModelSourceIn,
+    access_responses,
     problem_responses,
     sse_event_schema,
 )
 from dreamforge.domain.records import Download
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=access_responses())
 
 STREAM_EXAMPLE = """event: download
 data: {"id": "5f1d2c3b-…", "status": "running", "bytes_done": 2147483648, \
@@ -56,12 +57,16 @@ def download_out(download: Download, base: str) -> DownloadOut:
     responses=problem_responses(422, 503),
 )
 def add_model(
-    body: ModelSourceIn, downloads: Downloads, base: BaseUrl, response: Response
+    body: ModelSourceIn,
+    downloads: Downloads,
+    base: BaseUrl,
+    response: Response,
+    caller: ModelAdmin,
 ) -> DownloadOut:
     """Queues the download on the io queue and returns at once; follow ``links.stream``.
     Every file is checked against the hash its source declares before the model is
     registered; nothing is registered when a check fails."""
-    out = download_out(downloads.submit(body.source, body.id), base)
+    out = download_out(downloads.submit(body.source, body.id, caller.tenant), base)
     response.headers["Location"] = out.links.self
     return out
 
@@ -72,8 +77,10 @@ def add_model(
     summary="A download's progress",
     responses=problem_responses(404, 503),
 )
-def get_download(download_id: DownloadId, downloads: Downloads, base: BaseUrl) -> DownloadOut:
-    return download_out(downloads.get(download_id), base)
+def get_download(
+    download_id: DownloadId, downloads: Downloads, base: BaseUrl, caller: ModelAdmin
+) -> DownloadOut:
+    return download_out(downloads.get(download_id, caller.tenant), base)
 
 
 @router.get(
@@ -94,12 +101,16 @@ def get_download(download_id: DownloadId, downloads: Downloads, base: BaseUrl) -
     },
 )
 async def stream_download(
-    download_id: DownloadId, downloads: Downloads, base: BaseUrl, ping_s: SsePing
+    download_id: DownloadId,
+    downloads: Downloads,
+    base: BaseUrl,
+    ping_s: SsePing,
+    caller: ModelAdmin,
 ) -> EventSourceResponse:
-    await run_in_threadpool(downloads.get, download_id)  # 404 before the stream opens
+    await run_in_threadpool(downloads.get, download_id, caller.tenant)  # 404 before it opens
 
     async def messages() -> AsyncIterator[dict[str, str]]:
-        async for download in downloads.follow(download_id):
+        async for download in downloads.follow(download_id, caller.tenant):
             yield {"event": "download", "data": download_out(download, base).model_dump_json()}
 
     return EventSourceResponse(messages(), ping=ping_s)

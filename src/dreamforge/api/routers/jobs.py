@@ -6,19 +6,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
 
-from dreamforge.api.deps import BaseUrl, JobId, Jobs
+from dreamforge.api.deps import BaseUrl, JobId, Jobs, Reader, Writer
 from dreamforge.api.schemas import (
     SPEC_EXAMPLE,
     ErrorOut,
     JobLinks,
     JobListOut,
     JobOut,
+    access_responses,
     problem_responses,
 )
 from dreamforge.domain.jobs import JobRequest, JobStatus
 from dreamforge.domain.records import Job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=access_responses())
 
 REQUEST_EXAMPLES = {
     "minimal": {
@@ -65,6 +66,7 @@ def create_job(
     response: Response,
     jobs: Jobs,
     base: BaseUrl,
+    caller: Writer,
     body: Annotated[JobRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
     idempotency_key: Annotated[
         str | None,
@@ -79,7 +81,7 @@ def create_job(
     ] = None,
 ) -> JobOut:
     """Queue a generation. Returns at once with the job; follow ``links.stream``."""
-    out = job_out(jobs.submit(body, idempotency_key), base)
+    out = job_out(jobs.submit(body, idempotency_key, caller.tenant), base)
     response.headers["Location"] = out.links.self
     return out
 
@@ -93,6 +95,7 @@ def create_job(
 def list_jobs(
     jobs: Jobs,
     base: BaseUrl,
+    caller: Reader,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[
@@ -104,15 +107,15 @@ def list_jobs(
         ),
     ] = None,
 ) -> JobListOut:
-    page = jobs.page(status, limit, cursor)
+    page = jobs.page(status, limit, cursor, caller.tenant)
     return JobListOut(data=[job_out(j, base) for j in page.jobs], next_cursor=page.next_cursor)
 
 
 @router.get(
     "/{job_id}", response_model=JobOut, summary="Get a job", responses=problem_responses(404, 503)
 )
-def get_job(job_id: JobId, jobs: Jobs, base: BaseUrl) -> JobOut:
-    return job_out(jobs.get(job_id), base)
+def get_job(job_id: JobId, jobs: Jobs, base: BaseUrl, caller: Reader) -> JobOut:
+    return job_out(jobs.get(job_id, caller.tenant), base)
 
 
 @router.post(
@@ -124,9 +127,11 @@ def get_job(job_id: JobId, jobs: Jobs, base: BaseUrl) -> JobOut:
         **problem_responses(404, 409, 503),
     },
 )
-def cancel_job(job_id: JobId, response: Response, jobs: Jobs, base: BaseUrl) -> JobOut:
+def cancel_job(
+    job_id: JobId, response: Response, jobs: Jobs, base: BaseUrl, caller: Writer
+) -> JobOut:
     """A queued job is canceled at once (200); a running one is asked to stop (202)."""
-    job = jobs.cancel(job_id)
+    job = jobs.cancel(job_id, caller.tenant)
     if job.status is JobStatus.RUNNING:
         response.status_code = 202
     return job_out(job, base)

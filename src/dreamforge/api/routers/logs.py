@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from dreamforge.api.deps import Events, JobId
-from dreamforge.api.schemas import MAX_SEQ, problem_responses
+from dreamforge.api.deps import Events, JobId, Reader
+from dreamforge.api.schemas import MAX_SEQ, access_responses, problem_responses
 from dreamforge.api.wire import ndjson_lines
 from dreamforge.domain.errors import FieldProblem, InvalidRequest
 
-router = APIRouter(prefix="/v1/jobs", tags=["logs"])
+router = APIRouter(prefix="/v1/jobs", tags=["logs"], responses=access_responses())
 
 NDJSON = "application/x-ndjson"
 LOGS_EXAMPLE = (
@@ -72,6 +72,7 @@ def _parse_since(since: str) -> tuple[int, datetime | None]:
 def logs(
     job_id: JobId,
     events: Events,
+    caller: Reader,
     tail: Annotated[int | None, Query(ge=1, le=10_000, description="Only the last N")] = None,
     since: Annotated[
         str | None,
@@ -94,6 +95,6 @@ def logs(
                 )
             ]
         )
-    lines = events.log_lines(job_id, after, since=when, tail=tail)
+    lines = events.log_lines(job_id, caller.tenant, after, since=when, tail=tail)
     body = ndjson_lines(lines)
     return Response(body, media_type=NDJSON)

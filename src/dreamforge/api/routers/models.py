@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from dreamforge.api.deps import ModelId, Models
-from dreamforge.api.schemas import ModelFileOut, ModelListOut, ModelOut, problem_responses
+from dreamforge.api.deps import ModelId, Models, Reader
+from dreamforge.api.schemas import (
+    ModelFileOut,
+    ModelListOut,
+    ModelOut,
+    access_responses,
+    problem_responses,
+)
 from dreamforge.domain.errors import ErrorCode, NotFound
 from dreamforge.domain.records import Model
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=access_responses())
 
 
 def model_out(model: Model) -> ModelOut:
@@ -34,7 +40,7 @@ def model_out(model: Model) -> ModelOut:
 @router.get(
     "", response_model=ModelListOut, summary="List models", responses=problem_responses(503)
 )
-def list_models(models: Models) -> ModelListOut:
+def list_models(models: Models, _caller: Reader) -> ModelListOut:
     return ModelListOut(data=[model_out(m) for m in models.list()])
 
 
@@ -44,7 +50,7 @@ def list_models(models: Models) -> ModelListOut:
     summary="Get a model",
     responses=problem_responses(404, 503),
 )
-def get_model(model_id: ModelId, models: Models) -> ModelOut:
+def get_model(model_id: ModelId, models: Models, _caller: Reader) -> ModelOut:
     model = models.get(model_id)
     if model is None:
         raise NotFound("model", model_id, code=ErrorCode.MODEL_NOT_FOUND)

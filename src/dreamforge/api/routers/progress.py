@@ -9,11 +9,12 @@ from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from dreamforge.api.deps import Events, JobId, Jobs, SsePing
+from dreamforge.api.deps import Events, JobId, Jobs, Reader, SsePing
 from dreamforge.api.schemas import (
     MAX_SEQ,
     ErrorOut,
     ProgressOut,
+    access_responses,
     problem_responses,
     sse_event_schema,
 )
@@ -21,7 +22,7 @@ from dreamforge.api.wire import sse_frames
 from dreamforge.domain.events import EventType
 from dreamforge.domain.progress import STAGE_WEIGHTS
 
-router = APIRouter(prefix="/v1/jobs", tags=["progress"])
+router = APIRouter(prefix="/v1/jobs", tags=["progress"], responses=access_responses())
 
 SSE_EXAMPLE = """id: 1
 event: status
@@ -45,8 +46,8 @@ data: {"seq": 14, "type": "done", "ts": "2026-11-29T08:00:02Z", "status": "succe
     summary="Progress snapshot",
     responses=problem_responses(404, 503),
 )
-def progress(job_id: JobId, jobs: Jobs) -> ProgressOut:
-    job = jobs.get(job_id)
+def progress(job_id: JobId, jobs: Jobs, caller: Reader) -> ProgressOut:
+    job = jobs.get(job_id, caller.tenant)
     return ProgressOut(
         job_id=job.id,
         status=job.status,
@@ -79,6 +80,7 @@ async def stream(
     job_id: JobId,
     events: Events,
     ping_s: SsePing,
+    caller: Reader,
     last_event_id: Annotated[
         int | None,
         Header(alias="Last-Event-ID", ge=0, le=MAX_SEQ, description="Resume after this id"),
@@ -94,7 +96,8 @@ async def stream(
     ended and nothing is left after ``Last-Event-ID``."""
     start = last_event_id if last_event_id is not None else (after or 0)
     field = "Last-Event-ID" if last_event_id is not None else "after"
-    await run_in_threadpool(events.resumable, job_id, start, field)  # 404/422 before it opens
+    # A 404 or 422 before the stream opens.
+    await run_in_threadpool(events.resumable, job_id, start, field, caller.tenant)
 
     async def messages() -> AsyncIterator[bytes]:
         async for batch in events.follow(job_id, start):
