@@ -29,6 +29,7 @@ from tests.helpers import read_stream
 PUBLIC = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/artifacts/{key}"),
 }
 ALL = frozenset(Scope)

@@ -83,3 +83,26 @@ def test_dlq_lists_retries_and_purges_dead_lettered_jobs(tmp_path: Path) -> None
     assert purged.exit_code == 0 and "1 job(s) taken out" in purged.output
     assert runtime.jobs.dead_letters() == []
     assert runtime.jobs.require("job-b").status is JobStatus.FAILED
+
+
+def test_json_logs_are_one_object_a_line_and_name_the_job(tmp_path: Path) -> None:
+    import json
+
+    settings = Settings(data_dir=tmp_path / "data", log_format="json")
+    server = Serve(tmp_path / "data", tmp_path / "serve.log", settings=settings)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            job = submit(client)
+            read_stream(client, job["id"])
+    finally:
+        server.stop(signal.SIGTERM)
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    objects = [json.loads(line) for line in lines if line.startswith("{")]
+    # Everything logged is JSON: ours, uvicorn's, its access log's (the banner and the
+    # pipeline's own warnings are printed, not logged).
+    assert not [line for line in lines if "[info" in line or line.startswith("INFO:")]
+    finished = [o for o in objects if o.get("event") == "job.finished"]
+    assert finished and finished[0]["job_id"] == job["id"] and finished[0]["tenant"] == "default"
+    assert any(o.get("logger") == "uvicorn.access" for o in objects)
+    assert all({"level", "timestamp"} <= o.keys() for o in objects)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import re
 import signal
+import tempfile
 import threading
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import structlog
 import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from dreamforge import logs
 from dreamforge.config import Settings
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 
@@ -65,18 +65,7 @@ def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper("iso"),
-            # Plain tracebacks: rich's show every frame's locals, settings and secrets included.
-            structlog.dev.ConsoleRenderer(
-                colors=False, exception_formatter=structlog.dev.plain_traceback
-            ),
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-    )
+    logs.configure(Settings().log_format)
 
 
 @app.command()
@@ -106,6 +95,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=None,  # logging is ours (dreamforge.logs): one format for every line
         timeout_graceful_shutdown=10,
         proxy_headers=settings.trust_forwarded_headers,
     )
@@ -179,6 +169,7 @@ def api(
         "host": settings.host,
         "port": settings.port,
         "log_level": "info",
+        "log_config": None,
         "timeout_graceful_shutdown": 10,
         "proxy_headers": settings.trust_forwarded_headers,
     }
@@ -186,6 +177,8 @@ def api(
         uvicorn.run(create_app(runtime), **options)  # type: ignore[arg-type]
         return
     runtime.stop()
+    # Each API process counts in files of its own here, and a scrape of any adds them up.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dreamforge-metrics-")
     # Each API process builds its own runtime from the environment: hand it these options.
     if data_dir is not None:
         os.environ["DREAMFORGE_DATA_DIR"] = str(data_dir)
@@ -217,8 +210,23 @@ def worker(
         signal.signal(sig, lambda *_: stop.set())
     runtime.start_worker(chosen)
     console.print(f"[bold green]Dream Forge worker[/] {runtime.worker_id} on {sorted(chosen)}")
+    _serve_worker_metrics(runtime, settings.worker_metrics_port)
     stop.wait()
     runtime.stop()
+
+
+def _serve_worker_metrics(runtime: Runtime, port: int) -> None:
+    """A worker's own /metrics, on a port of its own (it serves no API)."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, registry=runtime.metrics)
+    except OSError as exc:  # another worker on this machine has it: run on without
+        console.print(f"[yellow]warning:[/] no /metrics on port {port}: {exc}")
+        return
+    console.print(f"metrics at http://0.0.0.0:{port}/metrics")
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -140,6 +140,16 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Wait before the first retry; it doubles with each one."
     )
     retry_max_backoff_s: float = Field(60.0, ge=0, description="The longest wait between retries.")
+    worker_metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="Where `dreamforge worker` serves its Prometheus /metrics; 0: nowhere. "
+        "The API serves its own at /metrics.",
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console", description="console: a line for people; json: an object a line."
+    )
     sse_ping_s: float = Field(15.0, gt=0, description="Heartbeat comment interval on SSE.")
     job_time_limit_s: float = Field(
         3600, gt=0, description="How long a job may run unless it asks for another limit."

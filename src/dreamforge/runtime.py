@@ -13,12 +13,15 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
 import dramatiq
 import structlog
+from prometheus_client import CollectorRegistry
 
+from dreamforge import metrics
 from dreamforge.artifacts.signing import UrlSigner
 from dreamforge.artifacts.storage import ArtifactStorage, open_storage
 from dreamforge.config import Settings
@@ -218,6 +221,16 @@ class Runtime:
             consumer.start()
         reaper.start()
         log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
+
+    @cached_property
+    def metrics(self) -> CollectorRegistry:
+        """What ``/metrics`` reports from this process, waiting work included."""
+        downloads = DownloadRepository(self.db)
+
+        def queue_depth() -> dict[str, int]:
+            return {GPU_QUEUE: self.jobs.count_queued(), IO_QUEUE: downloads.count_queued()}
+
+        return metrics.registry(queue_depth)
 
     def readiness_probes(self) -> dict[str, Callable[[], None]]:
         return {

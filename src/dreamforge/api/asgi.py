@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from dreamforge import logs
 from dreamforge.api.app import create_app
 from dreamforge.config import Settings
 from dreamforge.runtime import Runtime
@@ -12,4 +13,6 @@ from dreamforge.runtime import Runtime
 
 def create() -> FastAPI:
     """Settings come from the environment (``DREAMFORGE_*``), as in every process."""
-    return create_app(Runtime.build(Settings()))
+    settings = Settings()
+    logs.configure(settings.log_format)
+    return create_app(Runtime.build(settings))

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
 
 from dreamforge.domain.access import Caller, Scope
 from dreamforge.domain.jobs import MODEL_ID_PATTERN
@@ -64,6 +65,10 @@ def _models(request: Request) -> ModelRegistry:
 
 def _readiness(request: Request) -> Readiness:
     return Readiness(_runtime(request).readiness_probes())
+
+
+def _metrics(request: Request) -> CollectorRegistry:
+    return _runtime(request).metrics
 
 
 def _sse_ping_s(request: Request) -> float:
@@ -123,3 +128,4 @@ Downloads = Annotated[DownloadService, Depends(_downloads)]
 DeadLetters = Annotated[DeadLetterQueue, Depends(_dead_letters)]
 ReadinessChecks = Annotated[Readiness, Depends(_readiness)]
 SsePing = Annotated[float, Depends(_sse_ping_s)]
+MetricsRegistry = Annotated[CollectorRegistry, Depends(_metrics)]

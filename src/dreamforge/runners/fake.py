@@ -224,11 +224,10 @@ class FakeRunner:
             if trouble_at(Where.STEP, item.index) is Trouble.LEAK:
                 self.device.leaked_bytes += self.device.working_bytes
             self.device.working_bytes = 0
-            on_message(
-                ItemRendered(
-                    item.index, item.seed, encode_png(image, receipt), spec.width, spec.height
-                )
-            )
+            started = time.perf_counter()
+            png = encode_png(image, receipt)
+            encode_s = time.perf_counter() - started
+            on_message(ItemRendered(item.index, item.seed, png, spec.width, spec.height, encode_s))
         return Finished()
 
     def _plan(self, prompt: str) -> Plan | None:

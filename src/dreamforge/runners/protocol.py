@@ -59,6 +59,7 @@ class ModelLoaded:
     cached: bool
     device: str
     dtype: str
+    evicted: tuple[str, ...] = ()  # models unloaded to make room for this one
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ItemRendered:
     png: bytes
     width: int
     height: int
+    encode_s: float = 0.0  # the PNG and its receipt
 
 
 @dataclass(frozen=True)

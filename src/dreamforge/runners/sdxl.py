@@ -118,7 +118,7 @@ class SdxlRunner:
             return pipe, scheduler_config, self._loaded(model, started, cached=True)
         check_files(model)
         size = sum(size for _, size in model.files)
-        self._resident.make_room(model.id, size)
+        evicted = self._resident.make_room(model.id, size)
         self._schedulers = {k: v for k, v in self._schedulers.items() if k[0] in self._resident}
         _empty_cache(self._device)
         try:
@@ -142,12 +142,17 @@ class SdxlRunner:
         self._resident.add(model.id, Resident(model.sha256, pipe, scheduler_config, size))
         settle(self._device)
         self._baseline = allocated_memory(self._device)  # what the loaded pipelines hold
-        return pipe, scheduler_config, self._loaded(model, started, cached=False)
+        others = tuple(e for e in evicted if e != model.id)
+        return pipe, scheduler_config, self._loaded(model, started, cached=False, evicted=others)
 
-    def _loaded(self, model: ModelRef, started: float, cached: bool) -> ModelLoaded:
+    def _loaded(
+        self, model: ModelRef, started: float, cached: bool, evicted: tuple[str, ...] = ()
+    ) -> ModelLoaded:
         seconds = time.perf_counter() - started
         device = self._device
-        return ModelLoaded(model.id, seconds, cached, str(device.device), device.dtype_name)
+        return ModelLoaded(
+            model.id, seconds, cached, str(device.device), device.dtype_name, evicted
+        )
 
     def _scheduler(self, model_id: str, name: Scheduler, config: Any) -> Any:
         # Schedulers reset themselves in set_timesteps, so one instance per model and kind
@@ -276,8 +281,10 @@ def _encode_and_send(
     receipt: Receipt,
     send: Callable[[RunnerMessage], None],
 ) -> None:
+    started = time.perf_counter()
     png = encode_png(image, receipt)
-    send(ItemRendered(item.index, item.seed, png, image.width, image.height))
+    seconds = time.perf_counter() - started
+    send(ItemRendered(item.index, item.seed, png, image.width, image.height, seconds))
 
 
 def _empty_cache(device: DeviceChoice) -> None:

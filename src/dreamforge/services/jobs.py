@@ -26,6 +26,7 @@ from dreamforge.domain.jobs import (
 from dreamforge.domain.progress import Stage
 from dreamforge.domain.records import IdempotencyKey, Job
 from dreamforge.events.writer import JobWriter
+from dreamforge.metrics import JOBS_CREATED
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
@@ -130,6 +131,7 @@ class JobService:
             utcnow() - self._key_ttl,
             tenant,
         )
+        JOBS_CREATED.inc()
         try:
             self._enqueue(job.id)
         except Exception:  # the job is safe in the database; the reaper sends it later

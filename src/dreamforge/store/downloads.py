@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, insert, select, update
+from sqlalchemy import Row, Table, func, insert, select, update
 
 from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.clock import utcnow
@@ -85,3 +85,8 @@ class DownloadRepository:
         with self._db.reading() as connection:
             row = connection.execute(select(downloads).where(downloads.c.id == download_id)).first()
             return _download(row) if row else None
+
+    def count_queued(self) -> int:
+        query = select(func.count()).select_from(downloads).where(downloads.c.status == "queued")
+        with self._db.reading() as connection:
+            return int(connection.execute(query).scalar_one())

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -448,6 +449,11 @@ class JobRepository:
         )
         with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(query)]
+
+    def count_queued(self) -> int:
+        query = select(func.count()).select_from(jobs).where(jobs.c.status == "queued")
+        with self._db.reading() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def dead_letters(self, limit: int = 100) -> list[Job]:
         """The dead-letter queue: jobs that failed after using up their attempts, newest

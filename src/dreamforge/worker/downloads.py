@@ -17,6 +17,7 @@ from dreamforge.domain.clock import utcnow
 from dreamforge.domain.events import EventType, JobEvent
 from dreamforge.domain.records import DownloadStatus
 from dreamforge.events.notifier import Notifier
+from dreamforge.metrics import DOWNLOAD_BYTES
 from dreamforge.models.fetch import DownloadError
 from dreamforge.models.formats import UnsupportedModel
 from dreamforge.models.pull import ModelPuller, PullSettings
@@ -90,6 +91,8 @@ class _Progress:
         self.total: int | None = None
 
     def report(self, done: int, total: int | None) -> None:
+        if done > self.done:
+            DOWNLOAD_BYTES.inc(done - self.done)
         self.done, self.total = done, total
         now = time.monotonic()
         if now - self._told >= 0.2:  # chunks arrive far more often than anyone looks

@@ -39,6 +39,8 @@ from dreamforge.domain.records import Job
 from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.events.notifier import Notifier
 from dreamforge.events.writer import JobWriter
+from dreamforge.logs import bound_job
+from dreamforge.metrics import DEVICE_MEMORY, JOBS_FINISHED, JOBS_RETRIED, STAGE_SECONDS
 from dreamforge.runners.protocol import RunnerCrashed, Tick
 from dreamforge.store.jobs import JobRepository
 from dreamforge.worker.hygiene import DeviceHygiene
@@ -105,6 +107,16 @@ class JobLifecycle:
         if job is None:
             logger.info("job.not_claimed", job_id=job_id)
             return None
+        if job.started_at is not None:
+            STAGE_SECONDS.labels("queue_wait").observe(
+                (job.started_at - job.created_at).total_seconds()
+            )
+        with bound_job(job.id, job.tenant):
+            return self._hold(job, owner)
+
+    def _hold(self, job: Job, owner: str) -> JobStatus | None:
+        """From the claim to the end: render, then finish, retry or hand back."""
+        job_id = job.id
         retry = " (retry)" if job.attempts > 1 else ""
         started = log_event(
             f"started on worker {owner}, attempt {job.attempts}{retry}",
@@ -125,7 +137,22 @@ class JobLifecycle:
         if outcome is None:
             return self._requeue(job) if self._stopping.is_set() else None
         notes = self._hygiene.check(job.id, job.stage)
-        return self._finish(job, outcome, time.monotonic() - watch.started, notes)
+        self._record_memory()
+        elapsed_s = time.monotonic() - watch.started
+        STAGE_SECONDS.labels("job").observe(elapsed_s)
+        return self._finish(job, outcome, elapsed_s, notes)
+
+    def _record_memory(self) -> None:
+        memory = self._driver.runner.memory()
+        if memory is None:
+            return
+        for kind, value in (
+            ("allocated", memory.allocated_bytes),
+            ("baseline", memory.baseline_bytes),
+            ("total", memory.total_bytes),
+        ):
+            if value is not None:
+                DEVICE_MEMORY.labels(kind).set(value)
 
     def _after_crash(self, job: Job, watch: _Watch, exc: RunnerCrashed) -> JobOutcome | None:
         """The outcome of a runner that died or was killed; ``None`` when the job is not
@@ -176,6 +203,7 @@ class JobLifecycle:
             f"{delay_s:.1f}s, attempt {job.attempts + 1} of {self._retries.max_attempts}"
         )
         logger.warning("job.retrying", job_id=job.id, code=error.code, delay_s=delay_s)
+        JOBS_RETRIED.labels(error.code.value).inc()
         said = log_event(message, LogLevel.WARNING, job.stage, code=error.code)
         return self._release(job, [*notes, said], delay_s)
 
@@ -236,6 +264,7 @@ class JobLifecycle:
             logger.warning("job.finish_lost", job_id=job.id, status=outcome.status)
             return None
         logger.info("job.finished", job_id=job.id, status=outcome.status)
+        JOBS_FINISHED.labels(outcome.status.value, error.code.value if error else "").inc()
         return outcome.status
 
 

@@ -24,6 +24,7 @@ from dreamforge.domain.plan import StepPlan, plan_steps
 from dreamforge.domain.progress import Stage, items_progress, job_progress, share_of_job
 from dreamforge.domain.records import Artifact, Job
 from dreamforge.events.writer import JobWriter
+from dreamforge.metrics import ITEMS_RENDERED, MODEL_EVICTIONS, MODEL_LOADS, STAGE_SECONDS
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runners.protocol import (
     Failed,
@@ -122,6 +123,7 @@ class _StepRun:
         self._unsaved: float | None = None
         self._denoised = 0  # items of this step whose denoising has finished
         self._stored = 0  # items of this step stored
+        self._batch_started = time.monotonic()  # when the current micro-batch began
 
     def render(
         self, model: ModelRef, tick: Callable[[], Tick], notes: Sequence[EventData]
@@ -179,6 +181,10 @@ class _StepRun:
         if isinstance(message, StepDone):
             self._step_done(message)
         elif isinstance(message, ModelLoaded):
+            MODEL_LOADS.labels("cache" if message.cached else "disk").inc()
+            STAGE_SECONDS.labels("model_load").observe(message.seconds)
+            MODEL_EVICTIONS.inc(len(message.evicted))
+            self._batch_started = time.monotonic()
             how = "from cache" if message.cached else "from disk"
             spec = self._job.spec
             ready = log_event(
@@ -202,6 +208,9 @@ class _StepRun:
         if message.step == message.steps:
             self._denoised += len(message.items)
             under_way = 0.0
+            now = time.monotonic()
+            STAGE_SECONDS.labels("denoise").observe(now - self._batch_started)
+            self._batch_started = now
         progress = self._items_progress(self._denoised + under_way)
         data = ProgressData(
             progress=progress,
@@ -228,10 +237,14 @@ class _StepRun:
     def _store(self, item: ItemRendered) -> None:
         step = self._step
         key = artifact_key(self._job.id, step.index, step.type, item.item_index)
+        STAGE_SECONDS.labels("encode").observe(item.encode_s)
+        started = time.monotonic()
         try:
             self._driver.storage.put(key, item.png, "image/png")
         except Exception as exc:
             raise StorageFailed(f"storing {key} failed: {type(exc).__name__}: {exc}") from exc
+        STAGE_SECONDS.labels("upload").observe(time.monotonic() - started)
+        ITEMS_RENDERED.inc()
         artifact = Artifact(
             job_id=self._job.id,
             step_index=step.index,

@@ -1,12 +1,13 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics: what probes and Prometheus ask, with no key."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from dreamforge.api.deps import ReadinessChecks
+from dreamforge.api.deps import MetricsRegistry, ReadinessChecks
 from dreamforge.api.schemas import HealthOut, ReadyOut
+from dreamforge.metrics import exposition
 
 router = APIRouter(tags=["health"])
 
@@ -44,3 +45,24 @@ def readyz(readiness: ReadinessChecks) -> JSONResponse:
     ready = all(v == "ok" for v in checks.values())
     body = ReadyOut(status="ready" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text format (see docs/operations.md)",
+            "content": {
+                "text/plain": {
+                    "schema": {"type": "string"},
+                    "example": 'dreamforge_jobs_finished_total{code="",status="succeeded"} 42.0\n',
+                }
+            },
+        }
+    },
+)
+def metrics(registry: MetricsRegistry) -> Response:
+    body, content_type = exposition(registry)
+    return Response(body, media_type=content_type)
