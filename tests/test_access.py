@@ -203,3 +203,30 @@ def test_serving_beyond_loopback_without_keys_is_refused(tmp_path: Path) -> None
     assert refused.exit_code == 1
     assert "refusing to serve 0.0.0.0 without API keys" in refused.output
     assert "--insecure-no-auth" in refused.output
+
+
+def test_cors_is_off_unless_origins_are_set(tmp_path: Path, tiny_model_dir: Path) -> None:
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    for origins, allowed in (([], False), (["https://app.example"], True)):
+        settings = Settings(
+            data_dir=tmp_path / str(allowed), port=free_port(), cors_origins=origins
+        )  # type: ignore[call-arg]
+        register_tiny(settings.resolved_database_url, tiny_model_dir)
+        with ApiThread(settings, run_worker=False) as api:
+            answer = httpx.options(f"{api.url}/v1/jobs", headers=preflight)
+            granted = answer.headers.get("access-control-allow-origin")
+            assert granted == ("https://app.example" if allowed else None), answer.headers
+            if allowed:
+                assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+                other = httpx.options(
+                    f"{api.url}/v1/jobs", headers={**preflight, "Origin": "https://evil.example"}
+                )
+                assert "access-control-allow-origin" not in other.headers
+                simple = httpx.get(
+                    f"{api.url}/v1/models", headers={"Origin": "https://app.example"}
+                )
+                assert simple.headers["access-control-allow-origin"] == "https://app.example"

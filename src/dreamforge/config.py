@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         description="Where `dreamforge worker` serves its Prometheus /metrics; 0: nowhere. "
         "The API serves its own at /metrics.",
     )
+    cors_origins: list[str] = Field(
+        [],
+        description="Origins whose web pages may call the API (CORS), e.g. "
+        '["https://app.example.com"]; none by default.',
+    )
     log_format: Literal["console", "json"] = Field(
         "console", description="console: a line for people; json: an object a line."
     )
