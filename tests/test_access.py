@@ -230,3 +230,44 @@ def test_cors_is_off_unless_origins_are_set(tmp_path: Path, tiny_model_dir: Path
                     f"{api.url}/v1/models", headers={"Origin": "https://app.example"}
                 )
                 assert simple.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_a_tenant_over_its_quota_gets_429_with_when_to_come_back(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        port=free_port(),
+        quota_active_jobs=2,
+        tenant_quotas={"small": {"images_per_day": 5, "active_jobs": 0}},
+    )  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    with ApiThread(settings, run_worker=False) as api:  # no worker: jobs stay queued
+        access = api.runtime.access
+        big = {"Authorization": f"Bearer {access.create('big', ALL).key}"}
+        small = {"Authorization": f"Bearer {access.create('small', ALL).key}"}
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            for _ in range(2):
+                assert client.post("/v1/jobs", json={"prompt": "a"}, headers=big).status_code == 202
+            over = client.post("/v1/jobs", json={"prompt": "a"}, headers=big)
+            assert over.status_code == 429 and over.json()["code"] == "QUOTA_EXCEEDED"
+            assert "2 of your jobs are queued or running" in over.json()["detail"]
+            assert over.headers["Retry-After"] == over.headers["RateLimit-Reset"] == "10"
+            assert over.headers["RateLimit-Limit"] == "2"
+            job = client.get("/v1/jobs", headers=big).json()["data"][0]
+            client.post(job["links"]["cancel"], headers=big)  # one fewer active: room again
+            assert client.post("/v1/jobs", json={"prompt": "a"}, headers=big).status_code == 202
+
+            # Another tenant has quotas of its own: five images a day, any number at once.
+            ok = client.post("/v1/jobs", json={"prompt": "a", "count": 3}, headers=small)
+            assert ok.status_code == 202
+            over = client.post("/v1/jobs", json={"prompt": "a", "count": 3}, headers=small)
+            assert over.status_code == 429
+            assert over.json()["errors"][0]["field"] == "count"
+            assert "2 left today" in over.json()["detail"]
+            assert over.headers["RateLimit-Remaining"] == "2"
+            assert 0 < int(over.headers["Retry-After"]) <= 86_401
+            assert (
+                client.post("/v1/jobs", json={"prompt": "a", "count": 2}, headers=small).status_code
+                == 202
+            )

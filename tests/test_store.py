@@ -164,3 +164,26 @@ def test_an_allowed_move_applies_only_from_its_source(database: Database) -> Non
                     assert applied is not None and job.status is target, (move, current)
                 else:
                     assert applied is None and job.status is current, (move, current)
+
+
+def test_usage_counts_a_tenants_active_jobs_and_todays_images(database: Database) -> None:
+    from datetime import timedelta
+
+    from dreamforge.domain.clock import utcnow
+    from dreamforge.domain.quotas import Usage
+    from tests.helpers import tiny_spec
+
+    jobs = JobRepository(database)
+    for count, tenant in ((3, "a"), (4, "a"), (2, "b")):
+        jobs.create(
+            str(uuid.uuid4()), tiny_spec(count=count, item_seeds=(1,) * count), [], tenant=tenant
+        )
+    finished = str(uuid.uuid4())
+    jobs.create(finished, tiny_spec(), [], tenant="a")
+    jobs.claim(finished, "w", 30, [])
+    jobs.transition(finished, finish(JobStatus.SUCCEEDED), [])
+    now = utcnow()
+    assert jobs.usage("a", now - timedelta(hours=1)) == Usage(active_jobs=2, images_today=8)
+    assert jobs.usage("b", now - timedelta(hours=1)) == Usage(active_jobs=1, images_today=2)
+    assert jobs.usage("a", now + timedelta(hours=1)) == Usage(active_jobs=2, images_today=0)
+    assert jobs.usage("nobody", now) == Usage(0, 0)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dreamforge.domain.quotas import Quota
 from dreamforge.domain.retries import RetryPolicy
 
 
@@ -147,6 +148,17 @@ class Settings(BaseSettings):
         description="Where `dreamforge worker` serves its Prometheus /metrics; 0: nowhere. "
         "The API serves its own at /metrics.",
     )
+    quota_active_jobs: int = Field(
+        0, ge=0, description="Jobs a tenant may have queued or running at once; 0: no limit."
+    )
+    quota_images_per_day: int = Field(
+        0, ge=0, description="Images a tenant may ask for per UTC day; 0: no limit."
+    )
+    tenant_quotas: dict[str, dict[Literal["active_jobs", "images_per_day"], int]] = Field(
+        {},
+        description="Per-tenant quotas instead of the defaults, e.g. "
+        '{"acme": {"images_per_day": 10000}}.',
+    )
     cors_origins: list[str] = Field(
         [],
         description="Origins whose web pages may call the API (CORS), e.g. "
@@ -177,6 +189,13 @@ class Settings(BaseSettings):
             if password:
                 found.append(password)
         return found
+
+    def quota_for(self, tenant: str) -> Quota:
+        own = self.tenant_quotas.get(tenant, {})
+        return Quota(
+            active_jobs=own.get("active_jobs", self.quota_active_jobs),
+            images_per_day=own.get("images_per_day", self.quota_images_per_day),
+        )
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -141,6 +141,7 @@ class Runtime:
                 limits,
                 settings.default_model_id,
                 settings.idempotency_key_ttl_s,
+                settings.quota_for,
             ),
             job_events=JobEvents(jobs, notifier),
             artifact_service=ArtifactService(jobs, storage, signer, settings.artifact_url_ttl_s),

@@ -22,6 +22,7 @@ from dreamforge.domain.errors import (
     NotFound,
     Unauthorized,
 )
+from dreamforge.domain.quotas import QuotaExceeded
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,7 @@ TITLES: dict[ErrorCode, str] = {
     ErrorCode.MODEL_NOT_READY: "Model not ready",
     ErrorCode.FORBIDDEN: "Forbidden",
     ErrorCode.UNAUTHORIZED: "Unauthorized",
+    ErrorCode.QUOTA_EXCEEDED: "Quota exceeded",
     ErrorCode.UNAVAILABLE: "Service unavailable",
     ErrorCode.INTERNAL_ERROR: "Internal error",
 }
@@ -46,6 +48,7 @@ _STATUS_BY_CLASS: list[tuple[type[DreamForgeError], int]] = [
     (Conflict, 409),
     (Forbidden, 403),
     (Unauthorized, 401),
+    (QuotaExceeded, 429),
 ]
 
 
@@ -122,7 +125,9 @@ def install(app: FastAPI) -> None:
     async def _domain(request: Request, exc: DreamForgeError) -> JSONResponse:
         status = next((s for cls, s in _STATUS_BY_CLASS if isinstance(exc, cls)), 500)
         # RFC 6750: a 401 names the scheme it wants.
-        headers = {"WWW-Authenticate": 'Bearer realm="dreamforge"'} if status == 401 else None
+        headers = dict(exc.headers)
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="dreamforge"'
         return problem(status, exc.code, exc.detail, request.url.path, exc.errors, headers)
 
     @app.exception_handler(HTTPException)

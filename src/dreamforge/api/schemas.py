@@ -355,6 +355,11 @@ _PROBLEM_EXAMPLES: dict[int, tuple[str, str, str]] = {
         "has expired; list the artifacts again for a fresh URL",
     ),
     404: ("NOT_FOUND", "No such resource", f"job '{JOB_ID}' does not exist"),
+    429: (
+        "QUOTA_EXCEEDED",
+        "Over the tenant's quota",
+        "3 image(s) would exceed your 100 a day; 2 left today",
+    ),
     409: (
         "CONFLICT",
         "State conflict",

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     STORAGE_ERROR = "STORAGE_ERROR"
     UNAUTHORIZED = "UNAUTHORIZED"
     FORBIDDEN = "FORBIDDEN"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -52,6 +53,7 @@ class DreamForgeError(Exception):
     code: ErrorCode
     detail: str
     errors: list[FieldProblem] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # for the HTTP response
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"

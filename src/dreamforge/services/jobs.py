@@ -24,6 +24,7 @@ from dreamforge.domain.jobs import (
     seed_list,
 )
 from dreamforge.domain.progress import Stage
+from dreamforge.domain.quotas import Quota, check_quota, day_start
 from dreamforge.domain.records import IdempotencyKey, Job
 from dreamforge.events.writer import JobWriter
 from dreamforge.metrics import JOBS_CREATED
@@ -43,6 +44,7 @@ class JobService:
         limits: Limits,
         default_model_id: str,
         idempotency_key_ttl_s: float = 24 * 3600,
+        quota_for: Callable[[str], Quota] = lambda _: Quota(),
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -51,6 +53,7 @@ class JobService:
         self._limits = limits
         self._default_model_id = default_model_id
         self._key_ttl = timedelta(seconds=idempotency_key_ttl_s)
+        self._quota_for = quota_for
 
     def submit(self, request: JobRequest, idempotency_key: str | None, tenant: str) -> Job:
         """Create and queue the job for ``tenant``. With an ``idempotency_key`` (the IETF
@@ -116,6 +119,10 @@ class JobService:
         problems = check_limits(spec, self._limits)
         if problems:
             raise InvalidRequest(problems)
+        quota = self._quota_for(tenant)
+        if quota.active_jobs or quota.images_per_day:  # no query when there is no quota
+            now = utcnow()
+            check_quota(quota, self._jobs.usage(tenant, day_start(now)), spec.count, now)
         job = self._writer.create(
             str(uuid.uuid4()),
             spec,

@@ -43,6 +43,7 @@ from dreamforge.domain.jobs import (
     Transition,
     check_transition,
 )
+from dreamforge.domain.quotas import Usage
 from dreamforge.domain.records import Artifact, IdempotencyKey, Job
 from dreamforge.store.db import Database
 from dreamforge.store.tables import ArtifactRow, EventRow, IdempotencyKeyRow, JobRow
@@ -449,6 +450,19 @@ class JobRepository:
         )
         with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(query)]
+
+    def usage(self, tenant: str, since: datetime) -> Usage:
+        """The tenant's jobs queued or running now, and the images its jobs created since
+        ``since`` asked for (jobs from before batches count one)."""
+        active = jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+        images = func.coalesce(jobs.c.spec["count"].as_integer(), 1)
+        query = select(
+            func.count().filter(active),
+            func.coalesce(func.sum(images).filter(jobs.c.created_at >= since), 0),
+        ).where(jobs.c.tenant == tenant)
+        with self._db.reading() as connection:
+            active_jobs, images_today = connection.execute(query).one()
+        return Usage(int(active_jobs), int(images_today))
 
     def count_queued(self) -> int:
         query = select(func.count()).select_from(jobs).where(jobs.c.status == "queued")

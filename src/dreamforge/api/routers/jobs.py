@@ -60,7 +60,21 @@ def job_out(job: Job, base: str) -> JobOut:
     status_code=202,
     response_model=JobOut,
     summary="Create a job",
-    responses=problem_responses(422, 503),
+    responses={
+        **problem_responses(422, 503),
+        429: {
+            **problem_responses(429)[429],
+            "headers": {
+                name: {"description": text, "schema": {"type": "integer"}}
+                for name, text in (
+                    ("Retry-After", "Seconds to wait before sending it again"),
+                    ("RateLimit-Limit", "The quota that was reached"),
+                    ("RateLimit-Remaining", "What is left of it"),
+                    ("RateLimit-Reset", "Seconds until more is allowed"),
+                )
+            },
+        },
+    },
 )
 def create_job(
     response: Response,
