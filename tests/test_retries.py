@@ -348,3 +348,12 @@ def test_a_pipeline_process_killed_mid_job_is_replaced_and_the_job_retried(
         (retry,) = [e.data for e in durable(events) if "retrying in" in str(e.data)]
         assert retry["code"] == "RUNNER_CRASHED" and "exit code -9" in retry["message"]
         assert len(client.get(job["links"]["artifacts"]).json()["data"]) == 1
+
+        # Recycled (as GPU hygiene does when a job leaves memory behind): the child is
+        # gone at once, and the next job starts a fresh one.
+        second = runner.pid
+        runner.recycle()
+        assert runner.pid is None
+        after = submit(client, prompt="after a recycle", steps=2)
+        assert read_stream(client, after["id"], timeout=120)[-1].data["status"] == "succeeded"
+        assert runner.pid not in (None, second)

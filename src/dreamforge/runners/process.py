@@ -190,11 +190,10 @@ class SdxlProcessRunner:
         self._preloading = True
 
     def recycle(self) -> DeviceMemory | None:
-        """A fresh child: the driver takes back all the old one held on the device. Its
-        own figures come with its first request."""
+        """Kill the child: the driver takes back all it held on the device. The next
+        request starts a fresh one (not now: the job being finished should not wait for
+        it), whose figures come with its first answer."""
         self.kill()
-        self._memory = None
-        self.start()
         return None
 
     def kill(self) -> None:
