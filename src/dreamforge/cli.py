@@ -41,6 +41,10 @@ key_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(key_app, name="key")
+receipt_app = typer.Typer(
+    help="What made an image, and whether it is untouched.", no_args_is_help=True
+)
+app.add_typer(receipt_app, name="receipt")
 
 InsecureNoAuth = Annotated[
     bool,
@@ -535,6 +539,54 @@ def key_revoke(key_id: str, data_dir: DataDir = None) -> None:
     except DreamForgeError as exc:
         raise _refused(exc) from exc
     console.print(f"revoked {key_id}")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    image: Annotated[Path, typer.Argument(help="A PNG this service made", exists=True)],
+    data_dir: DataDir = None,
+) -> None:
+    """Check an image's seal (made here, unchanged since) and its model against the
+    registry, and print what made it. Exit 0 only if both hold."""
+    from dreamforge.artifacts.receipts import read_receipt
+    from dreamforge.artifacts.seal import SealCheck, Sealer
+
+    settings, registry = _registry(data_dir)
+    png = image.read_bytes()
+    seal = Sealer(settings.resolved_signing_key).check(png)
+    said = {
+        SealCheck.VALID: "[green]valid[/]: made by this service, unchanged since",
+        SealCheck.ABSENT: "[red]absent[/]: not sealed by Dream Forge",
+        SealCheck.BROKEN: "[red]broken[/]: changed since it was made, or made by another "
+        "service (another DREAMFORGE_SIGNING_KEY)",
+        SealCheck.NOT_PNG: "[red]not a PNG[/]",
+    }
+    console.print(f"seal: {said[seal]}")
+    try:
+        receipt = read_receipt(png)
+    except Exception:  # noqa: BLE001 - any unreadable receipt is reported the same way
+        console.print("receipt: [red]none[/] (no Dream Forge receipt in this image)")
+        raise typer.Exit(1) from None
+    model = registry.get(receipt.model.id)
+    if model is None:
+        known = "[red]not registered here[/]"
+    elif model.sha256 == receipt.model.sha256:
+        known = "[green]matches the registry[/]"
+    else:
+        known = f"[red]differs from the registry[/] (registered: {model.sha256[:12]})"
+    spec = receipt.spec
+    console.print(f"model: {receipt.model.id} sha256 {receipt.model.sha256[:12]}: {known}")
+    console.print(f"prompt: {spec.prompt}", soft_wrap=True)
+    if spec.negative_prompt:
+        console.print(f"negative prompt: {spec.negative_prompt}", soft_wrap=True)
+    console.print(
+        f"seed {receipt.seed}, {spec.steps} steps, {spec.width}x{spec.height}, "
+        f"{spec.scheduler.value}, guidance {spec.guidance_scale:g}, item {receipt.item_index} "
+        f"of step {receipt.step_index} ({receipt.step_type}), on {receipt.device}/{receipt.dtype}"
+    )
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(receipt.versions.items())))
+    ok = seal is SealCheck.VALID and model is not None and model.sha256 == receipt.model.sha256
+    raise typer.Exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

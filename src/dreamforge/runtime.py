@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from dreamforge import metrics
+from dreamforge.artifacts.seal import Sealer
 from dreamforge.artifacts.signing import UrlSigner
 from dreamforge.artifacts.storage import ArtifactStorage, open_storage
 from dreamforge.config import Settings
@@ -194,6 +195,7 @@ class Runtime:
             runner,
             self.settings.progress_persist_s,
             self.settings.max_batch_size,
+            Sealer(self.settings.resolved_signing_key),
         )
         lease = LeaseSettings(
             worker_id=self.worker_id,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dreamforge.artifacts.keys import artifact_key
+from dreamforge.artifacts.seal import Sealer
 from dreamforge.artifacts.storage import ArtifactStorage
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import ErrorCode, JobError
@@ -67,6 +68,7 @@ class StepDriver:
         runner: Runner,
         progress_persist_s: float,
         max_batch: int = 1,
+        sealer: Sealer | None = None,
     ) -> None:
         self.jobs = jobs
         self.writer = writer
@@ -75,6 +77,7 @@ class StepDriver:
         self.runner = runner
         self.progress_persist_s = progress_persist_s
         self.max_batch = max_batch
+        self.sealer = sealer  # None: images stored unsealed (tests of other things)
 
     def drive(
         self, job: Job, tick: Callable[[], Tick], notes: Sequence[EventData] = ()
@@ -238,9 +241,11 @@ class _StepRun:
         step = self._step
         key = artifact_key(self._job.id, step.index, step.type, item.item_index)
         STAGE_SECONDS.labels("encode").observe(item.encode_s)
+        sealer = self._driver.sealer
+        png = sealer.seal(item.png) if sealer is not None else item.png
         started = time.monotonic()
         try:
-            self._driver.storage.put(key, item.png, "image/png")
+            self._driver.storage.put(key, png, "image/png")
         except Exception as exc:
             raise StorageFailed(f"storing {key} failed: {type(exc).__name__}: {exc}") from exc
         STAGE_SECONDS.labels("upload").observe(time.monotonic() - started)
@@ -252,8 +257,8 @@ class _StepRun:
             item_index=item.item_index,
             key=key,
             content_type="image/png",
-            size_bytes=len(item.png),
-            sha256=hashlib.sha256(item.png).hexdigest(),
+            size_bytes=len(png),
+            sha256=hashlib.sha256(png).hexdigest(),
             width=item.width,
             height=item.height,
             seed=item.seed,
