@@ -589,5 +589,26 @@ def receipt_verify(
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def gc(data_dir: DataDir = None) -> None:
+    """Delete finished jobs past their retention (DREAMFORGE_RETENTION_DAYS, per tenant
+    DREAMFORGE_TENANT_RETENTION_DAYS): images first, then the rows. An io worker does this
+    every DREAMFORGE_GC_INTERVAL_S."""
+    from dreamforge.runtime import Runtime
+
+    runtime = Runtime.build(_settings(data_dir), serves_streams=False)
+    runtime.db.upgrade()
+    if runtime.retention.keeps_everything:
+        console.print("retention keeps everything (DREAMFORGE_RETENTION_DAYS is 0): nothing to do")
+        runtime.stop()
+        return
+    swept = runtime.retention.sweep()
+    runtime.stop()
+    console.print(f"deleted {swept.jobs} job(s) and {swept.images} image(s)")
+    if swept.failed:
+        console.print(f"[red]{swept.failed} job(s) kept[/]: their images could not be deleted")
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -159,6 +159,18 @@ class Settings(BaseSettings):
         description="Per-tenant quotas instead of the defaults, e.g. "
         '{"acme": {"images_per_day": 10000}}.',
     )
+    retention_days: float = Field(
+        0,
+        ge=0,
+        description="Days a finished job, its images and its log are kept; 0 keeps them "
+        "for good. Dead-lettered jobs are kept until they leave the queue.",
+    )
+    tenant_retention_days: dict[str, float] = Field(
+        {}, description='Per-tenant retention instead of the default, e.g. {"acme": 30}.'
+    )
+    gc_interval_s: float = Field(
+        3600, gt=0, description="How often an io worker deletes what retention expired."
+    )
     cors_origins: list[str] = Field(
         [],
         description="Origins whose web pages may call the API (CORS), e.g. "

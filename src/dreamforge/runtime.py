@@ -34,7 +34,7 @@ from dreamforge.models.pull import PullSettings
 from dreamforge.models.registry import ModelRegistry, create_tiny_model
 from dreamforge.queue import broker as brokers
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
-from dreamforge.queue.reaper import Reaper, ReaperLoop
+from dreamforge.queue.reaper import Reaper
 from dreamforge.queue.tasks import Tasks
 from dreamforge.runners.protocol import ModelRef, Runner
 from dreamforge.services.access import AccessService
@@ -42,6 +42,7 @@ from dreamforge.services.artifacts import ArtifactService
 from dreamforge.services.dead_letters import DeadLetterQueue
 from dreamforge.services.downloads import DownloadService
 from dreamforge.services.jobs import JobService
+from dreamforge.services.retention import Retention
 from dreamforge.store.db import Database
 from dreamforge.store.downloads import DownloadRepository
 from dreamforge.store.jobs import JobRepository
@@ -49,6 +50,7 @@ from dreamforge.store.keys import KeyRepository
 from dreamforge.store.models import ModelRepository
 from dreamforge.worker.downloads import DownloadWorker
 from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
+from dreamforge.worker.periodic import Every
 from dreamforge.worker.steps import StepDriver
 
 log = structlog.get_logger(__name__)
@@ -79,7 +81,8 @@ class _Worker:
     runner: Runner
     lifecycle: JobLifecycle
     consumers: list[dramatiq.Worker]  # one per queue: a download never holds up a job
-    reaper: ReaperLoop
+    reaper: Every
+    garbage: Every | None = None  # retention, on io workers
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Runtime:
     download_service: DownloadService
     dead_letters: DeadLetterQueue
     access: AccessService
+    retention: Retention
     reaper: Reaper
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -151,6 +155,9 @@ class Runtime:
             ),
             dead_letters=DeadLetterQueue(jobs, writer, tasks.enqueue_job),
             access=AccessService(KeyRepository(db)),
+            retention=Retention(
+                jobs, storage, settings.retention_days, settings.tenant_retention_days
+            ),
             reaper=Reaper(
                 jobs, writer, tasks.enqueue_job, tasks.pending_job_ids, settings.retry_policy
             ),
@@ -216,13 +223,20 @@ class Runtime:
         if GPU_QUEUE in queues:
             self.tasks.attach(run_job=lifecycle.run)
         consumers = [brokers.consumer(self.tasks.broker, {queue}) for queue in sorted(queues)]
-        reaper = ReaperLoop(
-            self.reaper, self.settings.reaper_interval_s, self.settings.requeue_after_s
+        reaper = Every(
+            self.settings.reaper_interval_s,
+            lambda: self.reaper.sweep(self.settings.requeue_after_s),
+            "dreamforge-reaper",
         )
-        self._worker = _Worker(runner, lifecycle, consumers, reaper)
+        garbage = None
+        if IO_QUEUE in queues and not self.retention.keeps_everything:
+            garbage = Every(self.settings.gc_interval_s, self.retention.sweep, "dreamforge-gc")
+        self._worker = _Worker(runner, lifecycle, consumers, reaper, garbage)
         for consumer in consumers:
             consumer.start()
         reaper.start()
+        if garbage is not None:
+            garbage.start()
         log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
 
     @cached_property
@@ -254,6 +268,8 @@ class Runtime:
         if worker is not None:
             worker.lifecycle.stop()  # a job in hand goes back to the queue
             worker.reaper.stop()
+            if worker.garbage is not None:
+                worker.garbage.stop()
             # Consuming stops before anything is torn down: a message that arrives now
             # stays in the queue for another worker.
             for consumer in worker.consumers:

@@ -86,6 +86,9 @@ class S3Storage:
             raise
         return True
 
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))  # 204 if absent
+
     def url(self, key: str, expires_in_s: int, base_url: str) -> str:
         return self._signing_client.generate_presigned_url(  # type: ignore[no-any-return]
             "get_object",

@@ -20,6 +20,10 @@ class ArtifactStorage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str) -> None:
+        """Remove the object; one that is already gone is no error."""
+        ...
+
     def url(self, key: str, expires_in_s: int, base_url: str) -> str:
         """A URL anyone holding it may fetch until it expires."""
         ...
@@ -56,6 +60,18 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # An emptied job folder goes too (the key's parents, up to the root).
+        for parent in path.parents:
+            if parent == self.root.resolve() or not parent.is_relative_to(self.root.resolve()):
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty
+                break
 
     def url(self, key: str, expires_in_s: int, base_url: str) -> str:
         expires = int(time.time()) + expires_in_s

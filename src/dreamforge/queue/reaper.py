@@ -9,7 +9,6 @@ once its attempts are used up it fails with ``WORKER_LOST`` into the dead-letter
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -127,28 +126,3 @@ class Reaper:
         lost = [job_id for job_id in stale if held is not None and job_id not in held]
         if sent := self.send(lost):
             log.warning("reaper.resent", jobs=sent)
-
-
-class ReaperLoop:
-    """Runs ``Reaper.sweep`` every ``interval_s`` in a daemon thread until stopped."""
-
-    def __init__(self, reaper: Reaper, interval_s: float, requeue_after_s: float) -> None:
-        self._reaper = reaper
-        self._interval_s = interval_s
-        self._requeue_after_s = requeue_after_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dreamforge-reaper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval_s):
-            try:
-                self._reaper.sweep(self._requeue_after_s)
-            except Exception:  # the database may be down; try again next time
-                log.warning("reaper.sweep_failed", exc_info=True)

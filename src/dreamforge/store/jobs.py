@@ -464,6 +464,39 @@ class JobRepository:
             active_jobs, images_today = connection.execute(query).one()
         return Usage(int(active_jobs), int(images_today))
 
+    def expired(
+        self,
+        finished_before: datetime,
+        limit: int,
+        tenant: str | None = None,
+        skip: Sequence[str] = (),
+    ) -> list[Job]:
+        """Ended jobs that finished before a time, oldest first: of ``tenant``, or of
+        every tenant but those in ``skip``."""
+        query = (
+            select(jobs)
+            .where(
+                jobs.c.status.in_([s.value for s in JobStatus if s.is_terminal]),
+                jobs.c.finished_at < finished_before,
+                jobs.c.dead_lettered_at.is_(None),  # an operator looks at those first
+            )
+            .order_by(jobs.c.finished_at)
+            .limit(limit)
+        )
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        if skip:
+            query = query.where(jobs.c.tenant.not_in(list(skip)))
+        with self._db.reading() as connection:
+            return [_job(r) for r in connection.execute(query)]
+
+    def delete(self, job_id: str) -> None:
+        """The job, its events, artifacts and idempotency keys (they cascade)."""
+        with self._db.connection() as connection:
+            for table in (events, artifacts, idempotency_keys):
+                connection.execute(delete(table).where(table.c.job_id == job_id))
+            connection.execute(delete(jobs).where(jobs.c.id == job_id))
+
     def count_queued(self) -> int:
         query = select(func.count()).select_from(jobs).where(jobs.c.status == "queued")
         with self._db.reading() as connection:
