@@ -45,6 +45,8 @@ receipt_app = typer.Typer(
     help="What made an image, and whether it is untouched.", no_args_is_help=True
 )
 app.add_typer(receipt_app, name="receipt")
+webhook_app = typer.Typer(help="Webhooks: what receivers need.", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
 
 InsecureNoAuth = Annotated[
     bool,
@@ -608,6 +610,12 @@ def gc(data_dir: DataDir = None) -> None:
     if swept.failed:
         console.print(f"[red]{swept.failed} job(s) kept[/]: their images could not be deleted")
         raise typer.Exit(1)
+
+
+@webhook_app.command("secret")
+def webhook_secret(data_dir: DataDir = None) -> None:
+    """Print the Standard Webhooks secret (whsec_…) receivers verify signatures with."""
+    print(_settings(data_dir).resolved_webhook_secret)
 
 
 if __name__ == "__main__":

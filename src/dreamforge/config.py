@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -171,6 +174,19 @@ class Settings(BaseSettings):
     gc_interval_s: float = Field(
         3600, gt=0, description="How often an io worker deletes what retention expired."
     )
+    webhook_hosts: list[str] = Field(
+        [],
+        description="Hosts a job's webhook_url may name (patterns like *.example.com); "
+        "none by default, which turns webhooks off.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="The Standard Webhooks secret (whsec_…) receivers check signatures "
+        "with; default: derived from the signing key (`dreamforge webhook secret`).",
+    )
+    webhook_max_attempts: int = Field(
+        5, ge=1, le=20, description="Deliveries tried per webhook, with growing waits."
+    )
     cors_origins: list[str] = Field(
         [],
         description="Origins whose web pages may call the API (CORS), e.g. "
@@ -194,7 +210,13 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value set here, for checks that none of them leaks."""
-        values = [self.signing_key, self.s3_secret_access_key, self.hf_token, self.civitai_token]
+        values = [
+            self.signing_key,
+            self.s3_secret_access_key,
+            self.hf_token,
+            self.civitai_token,
+            self.webhook_secret,
+        ]
         found = [v.get_secret_value() for v in values if v is not None]
         for url in (self.database_url, self.broker_url, self.storage_url):
             password = urlsplit(url).password if url else None
@@ -208,6 +230,13 @@ class Settings(BaseSettings):
             active_jobs=own.get("active_jobs", self.quota_active_jobs),
             images_per_day=own.get("images_per_day", self.quota_images_per_day),
         )
+
+    @property
+    def resolved_webhook_secret(self) -> str:
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value()
+        derived = hmac.new(self.resolved_signing_key, b"webhooks", hashlib.sha256).digest()
+        return "whsec_" + base64.b64encode(derived[:24]).decode()
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -52,6 +52,7 @@ from dreamforge.worker.downloads import DownloadWorker
 from dreamforge.worker.lifecycle import JobLifecycle, LeaseSettings
 from dreamforge.worker.periodic import Every
 from dreamforge.worker.steps import StepDriver
+from dreamforge.worker.webhooks import WebhookSender
 
 log = structlog.get_logger(__name__)
 
@@ -115,14 +116,17 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         jobs = JobRepository(db)
         notifier = make_notifier(settings, serves_streams)
-        writer = JobWriter(jobs, notifier)
-        models = ModelRegistry(ModelRepository(db))
-        signer = UrlSigner(settings.resolved_signing_key)
-        storage = open_storage(settings, signer)
         tasks = Tasks(
             brokers.make_broker(settings.broker_url, settings.redis_namespace),
             max(settings.job_time_limit_s, settings.max_job_time_limit_s),
+            settings.webhook_max_attempts,
         )
+        # Webhooks off (no allowed host): a job's end costs no message.
+        on_done = tasks.enqueue_webhook if settings.webhook_hosts else None
+        writer = JobWriter(jobs, notifier, on_done)
+        models = ModelRegistry(ModelRepository(db))
+        signer = UrlSigner(settings.resolved_signing_key)
+        storage = open_storage(settings, signer)
         limits = Limits(
             max_width=settings.max_width,
             max_height=settings.max_height,
@@ -147,6 +151,7 @@ class Runtime:
                 settings.default_model_id,
                 settings.idempotency_key_ttl_s,
                 settings.quota_for,
+                settings.webhook_hosts,
             ),
             job_events=JobEvents(jobs, notifier),
             artifact_service=ArtifactService(jobs, storage, signer, settings.artifact_url_ttl_s),
@@ -190,6 +195,11 @@ class Runtime:
                 PullSettings.of(self.settings),
             )
             self.tasks.attach(download_model=downloads.run)
+            if self.settings.webhook_hosts:
+                sender = WebhookSender(
+                    self.jobs, self.writer, self.settings.resolved_webhook_secret
+                )
+                self.tasks.attach(deliver_webhook=sender.send)
         runner = runner or default_runner(self.settings)
         default = self.models.get(self.settings.default_model_id)
         if default is not None and GPU_QUEUE in queues:

@@ -121,6 +121,14 @@ class JobRequest(BaseModel):
         description="Fail the job with TIMEOUT once it has run this long; default and "
         "maximum are the server's (DREAMFORGE_JOB_TIME_LIMIT_S, _MAX_JOB_TIME_LIMIT_S).",
     )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Told when the job ends (succeeded, failed or canceled), signed per "
+        "Standard Webhooks; its host must be one the server allows.",
+        examples=["https://app.example.com/hooks/dreamforge"],
+    )
     model_id: str | None = Field(
         None, pattern=MODEL_ID_PATTERN, description="Default: the server's model."
     )

@@ -33,6 +33,7 @@ class Job:
     # Set when the job failed for good after its transient failures used up its attempts.
     dead_lettered_at: datetime | None = None
     tenant: str = DEFAULT_TENANT
+    webhook_url: str | None = None  # not in the spec: receipts must not carry it
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,11 @@ class JobEvents:
             if job.status.is_terminal and after >= job.last_seq:
                 return
             replay = await asyncio.to_thread(self._jobs.events, job_id, after)
+            if job.status.is_terminal:
+                # Ended: the log holds all there is (a webhook's lines may follow `done`).
+                if replay:
+                    yield replay
+                return
             if job.status is JobStatus.RUNNING:
                 snapshot = ProgressData(progress=job.progress, stage=job.stage)
                 replay.append(JobEvent.live(job_id, snapshot, utcnow()))

@@ -2,31 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+
+import structlog
 
 from dreamforge.domain.access import DEFAULT_TENANT
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError
-from dreamforge.domain.events import EventData, JobEvent, ProgressData, log_event, status_event
+from dreamforge.domain.events import (
+    EventData,
+    EventType,
+    JobEvent,
+    ProgressData,
+    log_event,
+    status_event,
+)
 from dreamforge.domain.jobs import JobSpec, JobStatus, Transition
 from dreamforge.domain.records import Artifact, IdempotencyKey, Job
 from dreamforge.events.notifier import Notifier
 from dreamforge.store.jobs import JobRepository
+
+log = structlog.get_logger(__name__)
 
 
 class JobWriter:
     """The one way a job's state changes: every write goes with the events that describe
     it, and followers hear of them at once."""
 
-    def __init__(self, jobs: JobRepository, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        notifier: Notifier,
+        on_done: Callable[[str], None] | None = None,
+    ) -> None:
         self._jobs = jobs
         self._notifier = notifier
+        self._on_done = on_done  # told of every job that ends (webhooks)
 
     def _published(self, job_id: str, appended: list[JobEvent] | None) -> list[JobEvent] | None:
         if appended:
             self._notifier.publish(job_id, appended)
+            if self._on_done is not None and appended[-1].type is EventType.DONE:
+                try:
+                    self._on_done(job_id)
+                except Exception:  # the job has ended all the same; say so and go on
+                    log.warning("job.on_done_failed", job_id=job_id, exc_info=True)
         return appended
 
     def create(
@@ -37,9 +59,12 @@ class JobWriter:
         idempotency: IdempotencyKey | None = None,
         keys_expire_before: datetime | None = None,
         tenant: str = DEFAULT_TENANT,
+        webhook_url: str | None = None,
     ) -> Job:
         # Nobody can follow a job before its id is returned: nothing to publish yet.
-        return self._jobs.create(job_id, spec, events, idempotency, keys_expire_before, tenant)
+        return self._jobs.create(
+            job_id, spec, events, idempotency, keys_expire_before, tenant, webhook_url
+        )
 
     def claim(self, job_id: str, owner: str, lease_s: float) -> Job | None:
         claimed = self._jobs.claim(job_id, owner, lease_s, [status_event(JobStatus.RUNNING, owner)])

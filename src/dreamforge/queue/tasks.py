@@ -24,10 +24,13 @@ class NotAWorker(RuntimeError):
 class Tasks:
     """``run_job`` on the gpu queue, ``download_model`` on the io queue."""
 
-    def __init__(self, broker: dramatiq.Broker, job_time_limit_s: float) -> None:
+    def __init__(
+        self, broker: dramatiq.Broker, job_time_limit_s: float, webhook_attempts: int = 5
+    ) -> None:
         self.broker = broker
         self._run_job: JobHandler | None = None
         self._download_model: JobHandler | None = None
+        self._deliver_webhook: JobHandler | None = None
         # Retries stay off: the worker ends every job itself, and the reaper re-sends jobs
         # whose worker vanished or whose message the broker lost.
         self.run_job: dramatiq.Actor[[str], None] = dramatiq.actor(
@@ -49,13 +52,30 @@ class Tasks:
             time_limit=7 * 24 * 3600 * 1000,
         )
 
+        # A webhook is the one task Dramatiq retries itself: nothing else records its
+        # attempts, and a receiver that is down for a minute must still hear of the job.
+        self.deliver_webhook: dramatiq.Actor[[str], None] = dramatiq.actor(
+            self._dispatch_deliver_webhook,
+            broker=broker,
+            actor_name="deliver_webhook",
+            queue_name=IO_QUEUE,
+            max_retries=webhook_attempts - 1,
+            min_backoff=1_000,
+            max_backoff=300_000,
+            time_limit=60_000,
+        )
+
     def attach(
-        self, run_job: JobHandler | None = None, download_model: JobHandler | None = None
+        self,
+        run_job: JobHandler | None = None,
+        download_model: JobHandler | None = None,
+        deliver_webhook: JobHandler | None = None,
     ) -> None:
-        """Do the gpu queue's work (``run_job``) or the io queue's (``download_model``)
-        in this process."""
+        """Do the gpu queue's work (``run_job``) or the io queue's (``download_model``,
+        ``deliver_webhook``) in this process."""
         self._run_job = run_job or self._run_job
         self._download_model = download_model or self._download_model
+        self._deliver_webhook = deliver_webhook or self._deliver_webhook
 
     def enqueue_job(self, job_id: str, delay_s: float = 0.0) -> None:
         """Send the job to the gpu queue, to be taken at once or after ``delay_s``."""
@@ -80,6 +100,9 @@ class Tasks:
     def enqueue_download(self, download_id: str) -> None:
         self.download_model.send(download_id)
 
+    def enqueue_webhook(self, job_id: str) -> None:
+        self.deliver_webhook.send(job_id)
+
     def _dispatch_run_job(self, job_id: str) -> None:
         if self._run_job is None:
             raise NotAWorker("this process runs no jobs")
@@ -89,3 +112,8 @@ class Tasks:
         if self._download_model is None:
             raise NotAWorker("this process runs no downloads")
         self._download_model(download_id)
+
+    def _dispatch_deliver_webhook(self, job_id: str) -> None:
+        if self._deliver_webhook is None:
+            raise NotAWorker("this process sends no webhooks")
+        self._deliver_webhook(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import structlog
@@ -28,6 +28,7 @@ from dreamforge.domain.quotas import Quota, check_quota, day_start
 from dreamforge.domain.records import IdempotencyKey, Job
 from dreamforge.events.writer import JobWriter
 from dreamforge.metrics import JOBS_CREATED
+from dreamforge.models.fetch import host_allowed
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
@@ -45,6 +46,7 @@ class JobService:
         default_model_id: str,
         idempotency_key_ttl_s: float = 24 * 3600,
         quota_for: Callable[[str], Quota] = lambda _: Quota(),
+        webhook_hosts: Sequence[str] = (),
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -54,6 +56,7 @@ class JobService:
         self._default_model_id = default_model_id
         self._key_ttl = timedelta(seconds=idempotency_key_ttl_s)
         self._quota_for = quota_for
+        self._webhook_hosts = list(webhook_hosts)
 
     def submit(self, request: JobRequest, idempotency_key: str | None, tenant: str) -> Job:
         """Create and queue the job for ``tenant``. With an ``idempotency_key`` (the IETF
@@ -117,6 +120,15 @@ class JobService:
             request, model_id, model.defaults, lambda: secrets.randbelow(MAX_SEED + 1)
         )
         problems = check_limits(spec, self._limits)
+        if request.webhook_url and not host_allowed(request.webhook_url, self._webhook_hosts):
+            allowed = ", ".join(self._webhook_hosts) or "none: webhooks are off on this server"
+            problems.append(
+                FieldProblem(
+                    "webhook_url",
+                    "this server does not send webhooks to that host",
+                    f"use a host it allows ({allowed}; DREAMFORGE_WEBHOOK_HOSTS)",
+                )
+            )
         if problems:
             raise InvalidRequest(problems)
         quota = self._quota_for(tenant)
@@ -137,6 +149,7 @@ class JobService:
             key,
             utcnow() - self._key_ttl,
             tenant,
+            request.webhook_url,
         )
         JOBS_CREATED.inc()
         try:

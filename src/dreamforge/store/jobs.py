@@ -83,6 +83,7 @@ def _job(row: Row[Any]) -> Job:
         finished_at=m["finished_at"],
         dead_lettered_at=m["dead_lettered_at"],
         tenant=m["tenant"],
+        webhook_url=m["webhook_url"],
     )
 
 
@@ -168,6 +169,7 @@ class JobRepository:
         idempotency: IdempotencyKey | None = None,
         keys_expire_before: datetime | None = None,
         tenant: str = DEFAULT_TENANT,
+        webhook_url: str | None = None,
     ) -> Job:
         """Insert the job with its first events, in two statements: this is the API's
         hottest write. With ``idempotency``, the key is recorded in the same transaction;
@@ -188,12 +190,14 @@ class JobRepository:
             started_at=None,
             finished_at=None,
             tenant=tenant,
+            webhook_url=webhook_url,
         )
         with self._db.connection() as connection:
             connection.execute(
                 insert(jobs).values(
                     id=job.id,
                     tenant=tenant,
+                    webhook_url=webhook_url,
                     status=job.status.value,
                     spec=spec.model_dump(mode="json"),
                     progress=job.progress,

@@ -121,6 +121,7 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # In the dead-letter queue since then: failed after running out of attempts.
     dead_lettered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
 
 
 class EventRow(Base):
