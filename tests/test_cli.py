@@ -95,9 +95,15 @@ def test_json_logs_are_one_object_a_line_and_name_the_job(tmp_path: Path) -> Non
         with httpx.Client(base_url=server.url, timeout=60) as client:
             job = submit(client)
             read_stream(client, job["id"])
+            url = client.get(job["links"]["artifacts"]).json()["data"][0]["url"]
+            assert client.get(url).status_code == 200
     finally:
         server.stop(signal.SIGTERM)
-    lines = (tmp_path / "serve.log").read_text().splitlines()
+    log = (tmp_path / "serve.log").read_text()
+    # An image URL is a bearer link: the access log keeps the request, not the signature.
+    signature = url.split("signature=")[1]
+    assert signature not in log and "signature=[redacted]" in log
+    lines = log.splitlines()
     objects = [json.loads(line) for line in lines if line.startswith("{")]
     # Everything logged is JSON: ours, uvicorn's, its access log's (the banner and the
     # pipeline's own warnings are printed, not logged).

@@ -57,6 +57,8 @@ def test_a_scrape_counts_jobs_stages_images_and_memory(fake: FakeServer) -> None
     assert grew("dreamforge_stage_seconds_count", stage="upload") == 2
     assert value(after, "dreamforge_device_memory_bytes", kind="allocated") == 2**30
     assert value(after, "dreamforge_device_memory_bytes", kind="total") == 24 * 2**30
+    peak = 2**30 + 64 * 64 * 3000  # the weights and one 64x64 image's working memory
+    assert value(after, "dreamforge_device_memory_bytes", kind="peak") == peak
     assert ("dreamforge_queue_depth", (("queue", "gpu"),)) in after
 
 

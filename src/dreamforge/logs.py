@@ -10,6 +10,7 @@ settings and secrets included.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,26 @@ from typing import Any, Literal
 import structlog
 
 LogFormat = Literal["console", "json"]
+
+# Query parameters that are credentials: a signed artifact URL is a bearer link, and the
+# access log would otherwise keep every one it served.
+_SECRET_QUERY = re.compile(r"((?:signature|x-amz-signature|token|api_key)=)[^&\s\"]+", re.I)
+
+
+def redact(text: str) -> str:
+    return _SECRET_QUERY.sub(r"\1[redacted]", text)
+
+
+class _Redact(logging.Filter):
+    """Takes credentials out of URLs in any line (uvicorn's access log passes the path
+    with its query string as an argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -53,6 +74,7 @@ def configure(log_format: LogFormat = "console", level: int = logging.INFO) -> N
         cache_logger_on_first_use=True,
     )
     handler = _Stderr()
+    handler.addFilter(_Redact())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

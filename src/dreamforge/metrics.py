@@ -52,7 +52,8 @@ MODEL_EVICTIONS = Counter(
 )
 DEVICE_MEMORY = Gauge(
     "dreamforge_device_memory_bytes",
-    "Device memory after the last job: allocated, baseline (the loaded models), total.",
+    "Device memory after the last job: allocated, baseline (the loaded models), total, "
+    "and peak (the most it held at once).",
     ["kind"],
     multiprocess_mode="liveall",
 )

@@ -59,7 +59,9 @@ def memory_report(choice: DeviceChoice, baseline_bytes: int | None) -> DeviceMem
     if choice.device.type != "cuda":
         return DeviceMemory(str(choice.device), None, None)
     _free, total = torch.cuda.mem_get_info(choice.device)
-    return DeviceMemory(str(choice.device), allocated_memory(choice), total, baseline_bytes)
+    peak = int(torch.cuda.max_memory_allocated(choice.device))
+    torch.cuda.reset_peak_memory_stats(choice.device)  # the next request's peak is its own
+    return DeviceMemory(str(choice.device), allocated_memory(choice), total, baseline_bytes, peak)
 
 
 # Working memory one SDXL item needs while it denoises, per output pixel, in fp16 (latents,

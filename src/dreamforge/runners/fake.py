@@ -74,6 +74,7 @@ class FakeDevice:
     weights: dict[str, int] = field(default_factory=dict)
     working_bytes: int = 0
     leaked_bytes: int = 0
+    peak_bytes: int = 0
 
     @property
     def allocated_bytes(self) -> int:
@@ -82,6 +83,10 @@ class FakeDevice:
     @property
     def free_bytes(self) -> int:
         return self.total_bytes - self.allocated_bytes
+
+    def hold(self, working_bytes: int) -> None:
+        self.working_bytes = working_bytes
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
 
     def settle(self) -> None:
         self.working_bytes = 0
@@ -93,7 +98,8 @@ class FakeDevice:
 
     def report(self) -> DeviceMemory:
         baseline = sum(self.weights.values())
-        return DeviceMemory("fake", self.allocated_bytes, self.total_bytes, baseline)
+        peak, self.peak_bytes = max(self.peak_bytes, self.allocated_bytes), self.allocated_bytes
+        return DeviceMemory("fake", self.allocated_bytes, self.total_bytes, baseline, peak)
 
 
 def fake_image(seed: int, width: int, height: int) -> Image.Image:
@@ -113,12 +119,13 @@ class FakeRunner:
     rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
     renders: Counter[str] = field(default_factory=Counter)  # render requests per prompt
     _loaded: set[str] = field(default_factory=set)
+    _reported: DeviceMemory | None = None  # as of the last request, as the child's is
 
     def preload(self, model: ModelRef) -> None:
         self._load(model.id)
 
     def memory(self) -> DeviceMemory:
-        return self.device.report()
+        return self._reported or self.device.report()
 
     def recycle(self) -> DeviceMemory:
         self.stop()
@@ -127,6 +134,7 @@ class FakeRunner:
     def stop(self) -> None:
         self._loaded.clear()
         self.device.reset()
+        self._reported = None
 
     def _load(self, model_id: str) -> None:
         self._loaded.add(model_id)
@@ -145,9 +153,10 @@ class FakeRunner:
             self.stop()  # the process died, and the device memory with it
             raise
         self.device.settle()
+        self._reported = self.device.report()
         if isinstance(outcome, Failed):
-            return Failed(outcome.code, outcome.message, self.memory())
-        return Finished(self.memory())
+            return Failed(outcome.code, outcome.message, self._reported)
+        return Finished(self._reported)
 
     def _render(
         self,
@@ -185,7 +194,7 @@ class FakeRunner:
         except InsufficientMemory as exc:
             return Failed(ErrorCode.INSUFFICIENT_VRAM, str(exc))
         for item in request.items:
-            self.device.working_bytes = item_bytes(spec.width, spec.height)
+            self.device.hold(item_bytes(spec.width, spec.height))
             for step in range(1, spec.steps + 1):
                 trouble = trouble_at(Where.STEP, item.index)
                 at_step = plan.at_step if plan else 0

@@ -92,6 +92,7 @@ class DeviceMemory:
     allocated_bytes: int | None
     total_bytes: int | None
     baseline_bytes: int | None = None
+    peak_bytes: int | None = None  # the most held at once during the request
 
     @property
     def excess_bytes(self) -> int | None:

@@ -150,6 +150,7 @@ class JobLifecycle:
             ("allocated", memory.allocated_bytes),
             ("baseline", memory.baseline_bytes),
             ("total", memory.total_bytes),
+            ("peak", memory.peak_bytes),
         ):
             if value is not None:
                 DEVICE_MEMORY.labels(kind).set(value)
