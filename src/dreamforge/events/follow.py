@@ -67,14 +67,12 @@ class JobEvents:
         # Subscribe before reading, so that nothing written in between is missed.
         with closing(self._notifier.subscribe(job_id)) as subscription:
             job = await asyncio.to_thread(self.job, job_id)
-            if job.status.is_terminal and after >= job.last_seq:
-                return
-            replay = await asyncio.to_thread(self._jobs.events, job_id, after)
             if job.status.is_terminal:
                 # Ended: the log holds all there is (a webhook's lines may follow `done`).
-                if replay:
-                    yield replay
+                if after < job.last_seq:
+                    yield await asyncio.to_thread(self._jobs.events, job_id, after)
                 return
+            replay = await asyncio.to_thread(self._jobs.events, job_id, after)
             if job.status is JobStatus.RUNNING:
                 snapshot = ProgressData(progress=job.progress, stage=job.stage)
                 replay.append(JobEvent.live(job_id, snapshot, utcnow()))
