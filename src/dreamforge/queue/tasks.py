@@ -104,16 +104,17 @@ class Tasks:
         self.deliver_webhook.send(job_id)
 
     def _dispatch_run_job(self, job_id: str) -> None:
-        if self._run_job is None:
-            raise NotAWorker("this process runs no jobs")
-        self._run_job(job_id)
+        _handle(self._run_job, job_id, "this process runs no jobs")
 
     def _dispatch_download_model(self, download_id: str) -> None:
-        if self._download_model is None:
-            raise NotAWorker("this process runs no downloads")
-        self._download_model(download_id)
+        _handle(self._download_model, download_id, "this process runs no downloads")
 
     def _dispatch_deliver_webhook(self, job_id: str) -> None:
-        if self._deliver_webhook is None:
-            raise NotAWorker("this process sends no webhooks")
-        self._deliver_webhook(job_id)
+        _handle(self._deliver_webhook, job_id, "this process sends no webhooks")
+
+
+def _handle(handler: JobHandler | None, task_id: str, refusal: str) -> None:
+    """Hand the task to this process's handler; ``NotAWorker`` if it attached none."""
+    if handler is None:
+        raise NotAWorker(refusal)
+    handler(task_id)
