@@ -8,6 +8,7 @@ from __future__ import annotations
 import structlog
 
 from dreamforge.domain.events import EventData, LogLevel, log_event
+from dreamforge.metrics import DEVICE_MEMORY
 from dreamforge.runners.protocol import DeviceMemory, Runner
 
 logger = structlog.get_logger(__name__)
@@ -24,6 +25,18 @@ def figures(memory: DeviceMemory) -> str:
     )
 
 
+def _export(memory: DeviceMemory) -> None:
+    """The figures as the job left them, for /metrics (before any recycling)."""
+    for kind, value in (
+        ("allocated", memory.allocated_bytes),
+        ("baseline", memory.baseline_bytes),
+        ("total", memory.total_bytes),
+        ("peak", memory.peak_bytes),
+    ):
+        if value is not None:
+            DEVICE_MEMORY.labels(kind).set(value)
+
+
 class DeviceHygiene:
     def __init__(self, runner: Runner, tolerance_bytes: int) -> None:
         self._runner = runner
@@ -34,6 +47,8 @@ class DeviceHygiene:
         cannot be measured, as on a CPU), recycling the runner if it stayed above its
         baseline."""
         memory = self._runner.memory()
+        if memory is not None:
+            _export(memory)
         excess = memory.excess_bytes if memory is not None else None
         if memory is None or excess is None:
             return []

@@ -40,7 +40,7 @@ from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.events.notifier import Notifier
 from dreamforge.events.writer import JobWriter
 from dreamforge.logs import bound_job
-from dreamforge.metrics import DEVICE_MEMORY, JOBS_FINISHED, JOBS_RETRIED, STAGE_SECONDS
+from dreamforge.metrics import JOBS_FINISHED, JOBS_RETRIED, STAGE_SECONDS
 from dreamforge.runners.protocol import RunnerCrashed, Tick
 from dreamforge.store.jobs import JobRepository
 from dreamforge.worker.hygiene import DeviceHygiene
@@ -137,23 +137,9 @@ class JobLifecycle:
         if outcome is None:
             return self._requeue(job) if self._stopping.is_set() else None
         notes = self._hygiene.check(job.id, job.stage)
-        self._record_memory()
         elapsed_s = time.monotonic() - watch.started
         STAGE_SECONDS.labels("job").observe(elapsed_s)
         return self._finish(job, outcome, elapsed_s, notes)
-
-    def _record_memory(self) -> None:
-        memory = self._driver.runner.memory()
-        if memory is None:
-            return
-        for kind, value in (
-            ("allocated", memory.allocated_bytes),
-            ("baseline", memory.baseline_bytes),
-            ("total", memory.total_bytes),
-            ("peak", memory.peak_bytes),
-        ):
-            if value is not None:
-                DEVICE_MEMORY.labels(kind).set(value)
 
     def _after_crash(self, job: Job, watch: _Watch, exc: RunnerCrashed) -> JobOutcome | None:
         """The outcome of a runner that died or was killed; ``None`` when the job is not
