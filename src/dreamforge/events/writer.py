@@ -19,9 +19,11 @@ from dreamforge.domain.events import (
     log_event,
     status_event,
 )
-from dreamforge.domain.jobs import JobSpec, JobStatus, Transition
+from dreamforge.domain.jobs import JobSpec, JobStatus, Transition, finish
+from dreamforge.domain.progress import Stage
 from dreamforge.domain.records import Artifact, IdempotencyKey, Job
 from dreamforge.events.notifier import Notifier
+from dreamforge.metrics import JOBS_FINISHED
 from dreamforge.store.jobs import JobRepository
 
 log = structlog.get_logger(__name__)
@@ -89,6 +91,37 @@ class JobWriter:
     ) -> list[JobEvent] | None:
         appended = self._jobs.transition(job_id, move, events, owner=owner, error=error, **fields)
         return self._published(job_id, appended)
+
+    def end(
+        self,
+        job_id: str,
+        status: JobStatus,
+        events: Sequence[EventData],
+        *,
+        owner: str | None,
+        error: JobError | None = None,
+        dead_lettered: bool = False,
+        **fields: Any,
+    ) -> list[JobEvent] | None:
+        """``running → status`` for the lease ``owner`` holds (the worker's, or a lost
+        worker's for the reaper): finished now, lease let go, counted in the metrics."""
+        now = utcnow()
+        ended = self.transition(
+            job_id,
+            finish(status),
+            events,
+            owner=owner,
+            error=error,
+            finished_at=now,
+            dead_lettered_at=now if dead_lettered else None,
+            lease_owner=None,
+            lease_expires_at=None,
+            stage=Stage.DONE.value,
+            **fields,
+        )
+        if ended is not None:
+            JOBS_FINISHED.labels(status.value, error.code.value if error else "").inc()
+        return ended
 
     def save_artifact(
         self, artifact: Artifact, events: Sequence[EventData], **fields: Any

@@ -17,7 +17,7 @@ import structlog
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import ErrorCode, JobError
 from dreamforge.domain.events import LogLevel, failure_events, log_event, status_event
-from dreamforge.domain.jobs import REQUEUE, JobStatus, finish
+from dreamforge.domain.jobs import REQUEUE, JobStatus
 from dreamforge.domain.progress import Stage
 from dreamforge.domain.records import Job
 from dreamforge.domain.retries import RetryPolicy, Verdict
@@ -79,18 +79,13 @@ class Reaper:
             code=ErrorCode.WORKER_LOST,
             message=f"worker {job.lease_owner} was lost during attempt {job.attempts}",
         )
-        now = utcnow()
-        failed = self._writer.transition(
+        failed = self._writer.end(
             job.id,
-            finish(JobStatus.FAILED),
+            JobStatus.FAILED,
             failure_events(error, job.stage, job.attempts, dead_lettered=True),
             owner=job.lease_owner,
             error=error,
-            finished_at=now,
-            dead_lettered_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            stage=Stage.DONE.value,
+            dead_lettered=True,
         )
         if failed is not None:
             log.error("reaper.dead_lettered", job_id=job.id, attempts=job.attempts)

@@ -33,14 +33,14 @@ from dreamforge.domain.events import (
     log_event,
     status_event,
 )
-from dreamforge.domain.jobs import REQUEUE, JobStatus, finish
+from dreamforge.domain.jobs import REQUEUE, JobStatus
 from dreamforge.domain.progress import Stage
 from dreamforge.domain.records import Job
 from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.events.notifier import Notifier
 from dreamforge.events.writer import JobWriter
 from dreamforge.logs import bound_job
-from dreamforge.metrics import JOBS_FINISHED, JOBS_RETRIED, STAGE_SECONDS
+from dreamforge.metrics import JOBS_RETRIED, STAGE_SECONDS
 from dreamforge.runners.protocol import RunnerCrashed, Tick
 from dreamforge.store.jobs import JobRepository
 from dreamforge.worker.hygiene import DeviceHygiene
@@ -233,25 +233,19 @@ class JobLifecycle:
                 events.append(log_event(f"finished in {elapsed_s:.2f}s", stage=Stage.DONE))
             events += [status_event(outcome.status), DoneData(status=outcome.status, error=None)]
         progress = {"progress": 1.0} if outcome.status is JobStatus.SUCCEEDED else {}
-        now = utcnow()
-        finished = self._writer.transition(
+        finished = self._writer.end(
             job.id,
-            finish(outcome.status),
+            outcome.status,
             events,
             owner=self._settings.worker_id,
             error=error,
-            finished_at=now,
-            dead_lettered_at=now if dead_lettered else None,
-            lease_owner=None,
-            lease_expires_at=None,
-            stage=Stage.DONE.value,
+            dead_lettered=dead_lettered,
             **progress,
         )
         if finished is None:
             logger.warning("job.finish_lost", job_id=job.id, status=outcome.status)
             return None
         logger.info("job.finished", job_id=job.id, status=outcome.status)
-        JOBS_FINISHED.labels(outcome.status.value, error.code.value if error else "").inc()
         return outcome.status
 
 
