@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,12 @@ from typer.testing import CliRunner
 from dreamforge.cli import app
 from dreamforge.config import Settings
 from dreamforge.domain.access import Scope
+from dreamforge.domain.jobs import JobStatus
 from dreamforge.runners.fake import FakeRunner
 from dreamforge.runtime import Runtime
 from dreamforge.store.db import Database
 from tests.conftest import ApiThread, free_port, register_tiny
-from tests.helpers import read_stream
+from tests.helpers import read_stream, submit, tiny_spec, wait_for
 
 # What anyone may call: probes, the API's description, and artifact URLs (bearer links,
 # signed for one object and expiring).
@@ -238,8 +241,8 @@ def test_a_tenant_over_its_quota_gets_429_with_when_to_come_back(
     settings = Settings(
         data_dir=tmp_path,
         port=free_port(),
-        quota_active_jobs=2,
-        tenant_quotas={"small": {"images_per_day": 5, "active_jobs": 0}},
+        quota_queued_jobs=2,
+        tenant_quotas={"small": {"images_per_day": 5, "queued_jobs": 0}},
     )  # type: ignore[call-arg]
     register_tiny(settings.resolved_database_url, tiny_model_dir)
     with ApiThread(settings, run_worker=False) as api:  # no worker: jobs stay queued
@@ -251,11 +254,11 @@ def test_a_tenant_over_its_quota_gets_429_with_when_to_come_back(
                 assert client.post("/v1/jobs", json={"prompt": "a"}, headers=big).status_code == 202
             over = client.post("/v1/jobs", json={"prompt": "a"}, headers=big)
             assert over.status_code == 429 and over.json()["code"] == "QUOTA_EXCEEDED"
-            assert "2 of your jobs are queued or running" in over.json()["detail"]
+            assert "2 of your jobs are waiting in the queue" in over.json()["detail"]
             assert over.headers["Retry-After"] == over.headers["RateLimit-Reset"] == "10"
             assert over.headers["RateLimit-Limit"] == "2"
             job = client.get("/v1/jobs", headers=big).json()["data"][0]
-            client.post(job["links"]["cancel"], headers=big)  # one fewer active: room again
+            client.post(job["links"]["cancel"], headers=big)  # one fewer waiting: room again
             assert client.post("/v1/jobs", json={"prompt": "a"}, headers=big).status_code == 202
 
             # Another tenant has quotas of its own: five images a day, any number at once.
@@ -271,3 +274,42 @@ def test_a_tenant_over_its_quota_gets_429_with_when_to_come_back(
                 client.post("/v1/jobs", json={"prompt": "a", "count": 2}, headers=small).status_code
                 == 202
             )
+
+
+def test_a_tenant_at_its_running_limit_waits_in_the_queue_while_others_run(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Checked when a worker claims: the job stays queued, says why once in its log, and
+    runs when one of the tenant's jobs ends; another tenant's job is not held up."""
+    settings = Settings(
+        data_dir=tmp_path,
+        port=free_port(),
+        quota_running_jobs=1,
+        tenant_quotas={"roomy": {"running_jobs": 0}},
+    )  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    with ApiThread(settings, run_worker=True, runner=FakeRunner(step_s=0.01)) as api:
+        runtime = api.runtime
+        busy = {"Authorization": f"Bearer {runtime.access.create('busy', ALL).key}"}
+        roomy = {"Authorization": f"Bearer {runtime.access.create('roomy', ALL).key}"}
+        # One of busy's jobs is rendering on another worker.
+        elsewhere = str(uuid.uuid4())
+        runtime.jobs.create(elsewhere, tiny_spec(), [], tenant="busy")
+        assert runtime.writer.claim(elsewhere, "gpu-elsewhere", 60) is not None
+        with (
+            httpx.Client(base_url=api.url, timeout=30, headers=busy) as busy_client,
+            httpx.Client(base_url=api.url, timeout=30, headers=roomy) as roomy_client,
+        ):
+            held = submit(busy_client, prompt="held back")
+            other = submit(roomy_client, prompt="not held back")
+            assert wait_for(roomy_client, other["id"], {"succeeded"})
+
+            time.sleep(3.0)  # more than one try at claiming it, 2 s apart
+            job = busy_client.get(held["links"]["self"]).json()
+            assert job["status"] == "queued" and job["stage"] == "quota_wait", job
+            log = busy_client.get(held["links"]["logs"]).text
+            waiting = [line for line in log.splitlines() if "waiting: tenant busy" in line]
+            assert len(waiting) == 1, log  # said once, however many tries
+
+            runtime.writer.end(elsewhere, JobStatus.SUCCEEDED, [], owner="gpu-elsewhere")
+            assert wait_for(busy_client, held["id"], {"succeeded"})

@@ -62,6 +62,24 @@ def test_a_scrape_counts_jobs_stages_images_and_memory(fake: FakeServer) -> None
     assert ("dreamforge_queue_depth", (("queue", "gpu"),)) in after
 
 
+def test_a_job_canceled_before_it_started_is_counted_as_finished(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, port=free_port())  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    with (
+        ApiThread(settings, run_worker=False) as api,  # no worker: the job stays queued
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        before = value(
+            scrape(api.url), "dreamforge_jobs_finished_total", status="canceled", code=""
+        )
+        job = submit(client, prompt="never started")
+        assert client.post(job["links"]["cancel"]).json()["status"] == "canceled"
+        after = value(scrape(api.url), "dreamforge_jobs_finished_total", status="canceled", code="")
+        assert after - before == 1
+
+
 def test_an_api_of_several_processes_adds_up_their_counts(
     distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -166,7 +166,7 @@ def test_an_allowed_move_applies_only_from_its_source(database: Database) -> Non
                     assert applied is None and job.status is current, (move, current)
 
 
-def test_usage_counts_a_tenants_active_jobs_and_todays_images(database: Database) -> None:
+def test_usage_counts_a_tenants_queued_jobs_and_todays_images(database: Database) -> None:
     from datetime import timedelta
 
     from dreamforge.domain.clock import utcnow
@@ -174,16 +174,66 @@ def test_usage_counts_a_tenants_active_jobs_and_todays_images(database: Database
     from tests.helpers import tiny_spec
 
     jobs = JobRepository(database)
+    created = []
     for count, tenant in ((3, "a"), (4, "a"), (2, "b")):
-        jobs.create(
-            str(uuid.uuid4()), tiny_spec(count=count, item_seeds=(1,) * count), [], tenant=tenant
-        )
+        created.append(str(uuid.uuid4()))
+        jobs.create(created[-1], tiny_spec(count=count, item_seeds=(1,) * count), [], tenant=tenant)
+    jobs.claim(created[0], "w", 30, [])  # running: not waiting any more
     finished = str(uuid.uuid4())
     jobs.create(finished, tiny_spec(), [], tenant="a")
     jobs.claim(finished, "w", 30, [])
     jobs.transition(finished, finish(JobStatus.SUCCEEDED), [])
     now = utcnow()
-    assert jobs.usage("a", now - timedelta(hours=1)) == Usage(active_jobs=2, images_today=8)
-    assert jobs.usage("b", now - timedelta(hours=1)) == Usage(active_jobs=1, images_today=2)
-    assert jobs.usage("a", now + timedelta(hours=1)) == Usage(active_jobs=2, images_today=0)
+    assert jobs.usage("a", now - timedelta(hours=1)) == Usage(queued_jobs=1, images_today=8)
+    assert jobs.usage("b", now - timedelta(hours=1)) == Usage(queued_jobs=1, images_today=2)
+    assert jobs.usage("a", now + timedelta(hours=1)) == Usage(queued_jobs=1, images_today=0)
     assert jobs.usage("nobody", now) == Usage(0, 0)
+
+
+def test_a_claim_under_a_running_limit_waits_for_the_tenants_running_jobs(
+    database: Database,
+) -> None:
+    from tests.helpers import tiny_spec
+
+    jobs = JobRepository(database)
+    ids = {name: str(uuid.uuid4()) for name in ("a1", "a2", "b1")}
+    for name, job_id in ids.items():
+        jobs.create(job_id, tiny_spec(), [], tenant=name[0])
+    assert jobs.claim(ids["a1"], "w1", 30, [], running_limit=("a", 1)) is not None
+    assert jobs.claim(ids["a2"], "w2", 30, [], running_limit=("a", 1)) is None
+    assert jobs.claim(ids["b1"], "w2", 30, [], running_limit=("b", 1)) is not None
+    waiting = jobs.get(ids["a2"])
+    assert waiting is not None and waiting.status is JobStatus.QUEUED and waiting.attempts == 0
+    jobs.transition(ids["a1"], finish(JobStatus.SUCCEEDED), [], owner="w1")
+    assert jobs.claim(ids["a2"], "w2", 30, [], running_limit=("a", 1)) is not None
+
+
+def test_concurrent_claims_for_one_tenant_never_pass_its_running_limit(
+    postgres_url: str,
+) -> None:
+    """Two workers claiming two of a tenant's jobs at the same moment: one wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.helpers import tiny_spec
+
+    database = Database(postgres_url)
+    database.upgrade()
+    jobs = JobRepository(database)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(15):
+            pair = [str(uuid.uuid4()) for _ in range(2)]
+            for job_id in pair:
+                jobs.create(job_id, tiny_spec(), [], tenant=tenant)
+            won = list(
+                pool.map(
+                    lambda job_id: jobs.claim(job_id, job_id, 30, [], running_limit=(tenant, 1)),
+                    pair,
+                )
+            )
+            assert sum(w is not None for w in won) == 1
+            winner = pair[[w is not None for w in won].index(True)]
+            jobs.transition(winner, finish(JobStatus.SUCCEEDED), [], owner=winner)
+            loser = next(j for j in pair if j != winner)
+            jobs.transition(loser, CANCEL_QUEUED, [])
+    database.dispose()

@@ -151,13 +151,20 @@ class Settings(BaseSettings):
         description="Where `dreamforge worker` serves its Prometheus /metrics; 0: nowhere. "
         "The API serves its own at /metrics.",
     )
-    quota_active_jobs: int = Field(
-        0, ge=0, description="Jobs a tenant may have queued or running at once; 0: no limit."
+    quota_queued_jobs: int = Field(
+        0, ge=0, description="Jobs a tenant may have waiting in the queue at once; 0: no limit."
+    )
+    quota_running_jobs: int = Field(
+        0,
+        ge=0,
+        description="Jobs of a tenant that render at once; more wait in the queue. 0: no limit.",
     )
     quota_images_per_day: int = Field(
         0, ge=0, description="Images a tenant may ask for per UTC day; 0: no limit."
     )
-    tenant_quotas: dict[str, dict[Literal["active_jobs", "images_per_day"], int]] = Field(
+    tenant_quotas: dict[
+        str, dict[Literal["queued_jobs", "running_jobs", "images_per_day"], int]
+    ] = Field(
         {},
         description="Per-tenant quotas instead of the defaults, e.g. "
         '{"acme": {"images_per_day": 10000}}.',
@@ -227,8 +234,16 @@ class Settings(BaseSettings):
     def quota_for(self, tenant: str) -> Quota:
         own = self.tenant_quotas.get(tenant, {})
         return Quota(
-            active_jobs=own.get("active_jobs", self.quota_active_jobs),
+            queued_jobs=own.get("queued_jobs", self.quota_queued_jobs),
+            running_jobs=own.get("running_jobs", self.quota_running_jobs),
             images_per_day=own.get("images_per_day", self.quota_images_per_day),
+        )
+
+    @property
+    def running_limits(self) -> bool:
+        """Whether any tenant's running jobs are limited (workers check at claim)."""
+        return bool(self.quota_running_jobs) or any(
+            q.get("running_jobs") for q in self.tenant_quotas.values()
         )
 
     @property

@@ -229,6 +229,11 @@ class Runtime:
             self.tasks.enqueue_job,
             self.settings.retry_policy,
             device_tolerance_bytes=self.settings.device_memory_tolerance_bytes,
+            running_quota=(
+                (lambda tenant: self.settings.quota_for(tenant).running_jobs)
+                if self.settings.running_limits
+                else None
+            ),
         )
         if GPU_QUEUE in queues:
             self.tasks.attach(run_job=lifecycle.run)

@@ -1,5 +1,6 @@
-"""How much a tenant may ask of the service: jobs waiting or running at once, and images a
-day. Checked when a job is created; 0 means no limit."""
+"""How much a tenant may ask of the service: jobs waiting at once and images a day
+(checked when a job is created), and jobs running at once (checked when a worker claims
+one: the job waits in the queue until one of the tenant's others ends). 0 means no limit."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from dreamforge.domain.errors import DreamForgeError, ErrorCode, FieldProblem
 
 @dataclass(frozen=True)
 class Quota:
-    active_jobs: int = 0  # queued or running at once
+    queued_jobs: int = 0  # waiting at once
+    running_jobs: int = 0  # rendering at once
     images_per_day: int = 0  # asked for since 00:00 UTC
+
+    @property
+    def checked_at_create(self) -> bool:
+        return bool(self.queued_jobs or self.images_per_day)
 
 
 @dataclass(frozen=True)
 class Usage:
-    active_jobs: int
+    queued_jobs: int
     images_today: int
 
 
@@ -39,23 +45,23 @@ class QuotaExceeded(DreamForgeError):
         super().__init__(ErrorCode.QUOTA_EXCEEDED, problem.message, [problem], headers)
 
 
-# A job ends in seconds to minutes: try again soon.
-ACTIVE_RETRY_S = 10
+# A queued job starts in seconds to minutes: try again soon.
+QUEUED_RETRY_S = 10
 
 
 def check_quota(quota: Quota, usage: Usage, count: int, now: datetime) -> None:
     """Raise ``QuotaExceeded`` if a job of ``count`` images would go over ``quota``."""
-    if quota.active_jobs and usage.active_jobs >= quota.active_jobs:
+    if quota.queued_jobs and usage.queued_jobs >= quota.queued_jobs:
         raise QuotaExceeded(
             FieldProblem(
                 "body",
-                f"{usage.active_jobs} of your jobs are queued or running, the most "
-                f"allowed at once ({quota.active_jobs})",
-                "wait for one to finish (or cancel one), then send it again",
+                f"{usage.queued_jobs} of your jobs are waiting in the queue, the most "
+                f"allowed at once ({quota.queued_jobs})",
+                "wait for one to start (or cancel one), then send it again",
             ),
-            quota.active_jobs,
+            quota.queued_jobs,
             0,
-            ACTIVE_RETRY_S,
+            QUEUED_RETRY_S,
         )
     if quota.images_per_day and usage.images_today + count > quota.images_per_day:
         left = max(0, quota.images_per_day - usage.images_today)

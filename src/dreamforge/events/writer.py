@@ -46,7 +46,14 @@ class JobWriter:
     def _published(self, job_id: str, appended: list[JobEvent] | None) -> list[JobEvent] | None:
         if appended:
             self._notifier.publish(job_id, appended)
-            if self._on_done is not None and appended[-1].type is EventType.DONE:
+            if appended[-1].type is not EventType.DONE:
+                return appended
+            # Every ending says so with a done event, whichever path ended the job (the
+            # worker, the reaper, a cancel before it started): count it here, once.
+            done = appended[-1].data
+            code = (done.get("error") or {}).get("code", "")
+            JOBS_FINISHED.labels(done["status"], code).inc()
+            if self._on_done is not None:
                 try:
                     self._on_done(job_id)
                 except Exception:  # the job has ended all the same; say so and go on
@@ -68,8 +75,15 @@ class JobWriter:
             job_id, spec, events, idempotency, keys_expire_before, tenant, webhook_url
         )
 
-    def claim(self, job_id: str, owner: str, lease_s: float) -> Job | None:
-        claimed = self._jobs.claim(job_id, owner, lease_s, [status_event(JobStatus.RUNNING, owner)])
+    def claim(
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        running_limit: tuple[str, int] | None = None,
+    ) -> Job | None:
+        started = [status_event(JobStatus.RUNNING, owner)]
+        claimed = self._jobs.claim(job_id, owner, lease_s, started, running_limit)
         if claimed is None:
             return None
         job, appended = claimed
@@ -104,9 +118,9 @@ class JobWriter:
         **fields: Any,
     ) -> list[JobEvent] | None:
         """``running → status`` for the lease ``owner`` holds (the worker's, or a lost
-        worker's for the reaper): finished now, lease let go, counted in the metrics."""
+        worker's for the reaper): finished now, lease let go."""
         now = utcnow()
-        ended = self.transition(
+        return self.transition(
             job_id,
             finish(status),
             events,
@@ -119,9 +133,6 @@ class JobWriter:
             stage=Stage.DONE.value,
             **fields,
         )
-        if ended is not None:
-            JOBS_FINISHED.labels(status.value, error.code.value if error else "").inc()
-        return ended
 
     def save_artifact(
         self, artifact: Artifact, events: Sequence[EventData], **fields: Any

@@ -132,7 +132,7 @@ class JobService:
         if problems:
             raise InvalidRequest(problems)
         quota = self._quota_for(tenant)
-        if quota.active_jobs or quota.images_per_day:  # no query when there is no quota
+        if quota.checked_at_create:  # no query when there is no quota
             now = utcnow()
             check_quota(quota, self._jobs.usage(tenant, day_start(now)), spec.count, now)
         job = self._writer.create(

@@ -58,6 +58,10 @@ idempotency_keys = cast(Table, IdempotencyKeyRow.__table__)
 events = cast(Table, EventRow.__table__)
 artifacts = cast(Table, ArtifactRow.__table__)
 
+# The advisory lock space for claims under a tenant's running-jobs quota (the migration
+# lock in db.py is another).
+RUNNING_LOCK = 7300002
+
 
 @dataclass(frozen=True)
 class JobPage:
@@ -293,9 +297,15 @@ class JobRepository:
             return _append(connection, job_id, events, values, condition)
 
     def claim(
-        self, job_id: str, owner: str, lease_s: float, new_events: Sequence[EventData]
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        new_events: Sequence[EventData],
+        running_limit: tuple[str, int] | None = None,
     ) -> tuple[Job, list[JobEvent]] | None:
-        """``queued → running`` for ``owner``; ``None`` if someone else got there first."""
+        """``queued → running`` for ``owner``; ``None`` if someone else got there first, or
+        if ``running_limit`` (a tenant, the most of its jobs that may run) is reached."""
         check_transition(CLAIM)
         now = utcnow()
         fields = {
@@ -307,7 +317,24 @@ class JobRepository:
             "stage": "claimed",
         }
         with self._db.connection() as connection:
-            condition = jobs.c.status == CLAIM.source.value
+            condition: ColumnElement[bool] = jobs.c.status == CLAIM.source.value
+            if running_limit is not None:
+                tenant, most = running_limit
+                if connection.dialect.name == "postgresql":
+                    # Two workers claiming for one tenant at once would both count one
+                    # short; the lock makes the second count after the first commits.
+                    lock = func.pg_advisory_xact_lock(RUNNING_LOCK, func.hashtext(tenant))
+                    connection.execute(select(lock))
+                others = jobs.alias("others")
+                running = (
+                    select(func.count())
+                    .where(
+                        others.c.tenant == tenant,
+                        others.c.status == JobStatus.RUNNING.value,
+                    )
+                    .scalar_subquery()
+                )
+                condition = and_(condition, running < most)
             appended = _append(connection, job_id, new_events, fields, condition)
             if appended is None:
                 return None
@@ -456,17 +483,17 @@ class JobRepository:
             return [_artifact(r) for r in connection.execute(query)]
 
     def usage(self, tenant: str, since: datetime) -> Usage:
-        """The tenant's jobs queued or running now, and the images its jobs created since
-        ``since`` asked for (jobs from before batches count one)."""
-        active = jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+        """The tenant's jobs queued now, and the images its jobs created since ``since``
+        asked for (jobs from before batches count one)."""
+        active = jobs.c.status == JobStatus.QUEUED.value
         images = func.coalesce(jobs.c.spec["count"].as_integer(), 1)
         query = select(
             func.count().filter(active),
             func.coalesce(func.sum(images).filter(jobs.c.created_at >= since), 0),
         ).where(jobs.c.tenant == tenant)
         with self._db.reading() as connection:
-            active_jobs, images_today = connection.execute(query).one()
-        return Usage(int(active_jobs), int(images_today))
+            queued_jobs, images_today = connection.execute(query).one()
+        return Usage(int(queued_jobs), int(images_today))
 
     def expired(
         self,

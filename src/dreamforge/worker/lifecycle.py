@@ -48,6 +48,9 @@ from dreamforge.worker.steps import JobOutcome, StepDriver, StorageFailed
 
 logger = structlog.get_logger(__name__)
 
+# The stage of a queued job held back by its tenant's running-jobs quota.
+QUOTA_WAIT = "quota_wait"
+
 
 @dataclass(frozen=True)
 class LeaseSettings:
@@ -84,6 +87,8 @@ class JobLifecycle:
         retries: RetryPolicy | None = None,
         jitter: Callable[[], float] = random.random,
         device_tolerance_bytes: int = 128 * 2**20,
+        running_quota: Callable[[str], int] | None = None,
+        quota_wait_s: float = 2.0,
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -94,6 +99,9 @@ class JobLifecycle:
         self._retries = retries or RetryPolicy()
         self._jitter = jitter
         self._hygiene = DeviceHygiene(driver.runner, device_tolerance_bytes)
+        # None when no tenant's running jobs are limited: a claim then needs no read first.
+        self._running_quota = running_quota
+        self._quota_wait_s = quota_wait_s
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -103,8 +111,11 @@ class JobLifecycle:
     def run(self, job_id: str) -> JobStatus | None:
         """Run the job if it can be claimed; its final status, or ``None`` if not ours."""
         owner = self._settings.worker_id
-        job = self._writer.claim(job_id, owner, self._settings.lease_s)
+        limit = self._running_limit(job_id)
+        job = self._writer.claim(job_id, owner, self._settings.lease_s, limit)
         if job is None:
+            if limit is not None:
+                return self._wait_for_room(job_id, limit)
             logger.info("job.not_claimed", job_id=job_id)
             return None
         if job.started_at is not None:
@@ -113,6 +124,45 @@ class JobLifecycle:
             )
         with bound_job(job.id, job.tenant):
             return self._hold(job, owner)
+
+    def _running_limit(self, job_id: str) -> tuple[str, int] | None:
+        """The job's tenant and how many of its jobs may run, if that is limited."""
+        if self._running_quota is None:
+            return None
+        queued = self._jobs.get(job_id)
+        if queued is None or queued.status is not JobStatus.QUEUED:
+            return None  # nothing to claim; the claim says so
+        most = self._running_quota(queued.tenant)
+        return (queued.tenant, most) if most else None
+
+    def _wait_for_room(self, job_id: str, limit: tuple[str, int]) -> JobStatus | None:
+        """Not claimed: if the job is still queued, its tenant has as many jobs running as
+        it may, so it goes back to the broker to try again shortly. Said once in its log;
+        its due time moves on, so the reaper does not take it for lost."""
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not JobStatus.QUEUED:
+            logger.info("job.not_claimed", job_id=job_id)
+            return None
+        tenant, most = limit
+        waited = job.stage == QUOTA_WAIT
+        said = (
+            []
+            if waited
+            else [
+                log_event(
+                    f"waiting: tenant {tenant} has {most} job(s) running, the most allowed at once",
+                    stage=QUOTA_WAIT,
+                )
+            ]
+        )
+        due = utcnow() + timedelta(seconds=self._quota_wait_s)
+        self._writer.record(job_id, said, stage=QUOTA_WAIT, enqueued_at=due)
+        try:
+            self._enqueue(job_id, self._quota_wait_s)
+        except Exception:  # the broker is down or going away: the reaper sends it later
+            logger.warning("job.resend_failed", job_id=job_id, exc_info=True)
+        logger.info("job.quota_wait", job_id=job_id, tenant=tenant, running_limit=most)
+        return JobStatus.QUEUED
 
     def _hold(self, job: Job, owner: str) -> JobStatus | None:
         """From the claim to the end: render, then finish, retry or hand back."""
