@@ -110,5 +110,13 @@ def test_json_logs_are_one_object_a_line_and_name_the_job(tmp_path: Path) -> Non
     assert not [line for line in lines if "[info" in line or line.startswith("INFO:")]
     finished = [o for o in objects if o.get("event") == "job.finished"]
     assert finished and finished[0]["job_id"] == job["id"] and finished[0]["tenant"] == "default"
+    # Every line about the job names it and its tenant: the worker's and the API's, the
+    # access lines of its routes and of its image's URL included, and the create's.
+    about = [o for o in objects if o.get("job_id") == job["id"] or job["id"] in json.dumps(o)]
+    assert len(about) >= 5  # create, stream, list, image, finished
+    assert all(o.get("job_id") == job["id"] and o.get("tenant") == "default" for o in about)
+    access = [o["event"] for o in about if o.get("logger") == "uvicorn.access"]
+    assert any('"POST /v1/jobs HTTP/1.1" 202' in line for line in access), access
+    assert any("GET /v1/artifacts/jobs/" in line for line in access), access
     assert any(o.get("logger") == "uvicorn.access" for o in objects)
     assert all({"level", "timestamp"} <= o.keys() for o in objects)

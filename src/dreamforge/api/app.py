@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from dreamforge import __version__
 from dreamforge.api import options, problems
+from dreamforge.api.log_context import LogContext
 from dreamforge.api.problems import PROBLEM_JSON
 from dreamforge.api.routers import (
     admin,
@@ -57,6 +58,7 @@ def create_app(
     )
     app.state.runtime = runtime
     problems.install(app)
+    app.add_middleware(LogContext)
     if runtime.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -12,6 +12,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
+from dreamforge.api.log_context import name_in_logs
 from dreamforge.domain.access import Caller, Scope
 from dreamforge.domain.jobs import MODEL_ID_PATTERN
 from dreamforge.events.follow import JobEvents
@@ -95,6 +96,7 @@ def _caller_with(scope: Scope) -> Callable[..., Awaitable[Caller]]:
         # Cached for seconds: on the event loop, a query only when the cache is cold.
         found = _runtime(request).access.caller(header)
         found.require(scope)
+        name_in_logs(request, tenant=found.tenant, job_id=request.path_params.get("job_id"))
         return found
 
     return caller

@@ -38,6 +38,10 @@ class ArtifactService:
             for a in self._jobs.artifacts(job_id)
         ]
 
+    def tenant_of(self, artifact: Artifact) -> str | None:
+        job = self._jobs.get(artifact.job_id)
+        return job.tenant if job else None
+
     def open(self, key: str, expires: int, signature: str) -> tuple[Artifact, bytes]:
         """The artifact and its bytes, for a URL this API signed and that has not expired."""
         if not self._signer.verify(key, expires, signature):

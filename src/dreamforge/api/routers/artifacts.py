@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from dreamforge.api.deps import ArtifactKey, Artifacts, BaseUrl, JobId, Reader
+from dreamforge.api.log_context import name_in_logs
 from dreamforge.api.schemas import (
     ArtifactListOut,
     ArtifactOut,
@@ -62,12 +63,14 @@ def artifact_out(link: ArtifactLink) -> ArtifactOut:
     },
 )
 def download(
+    request: Request,
     key: ArtifactKey,
     artifacts: Artifacts,
     expires: Annotated[int, Query(description="From the signed URL")],
     signature: Annotated[str, Query(description="From the signed URL")],
 ) -> Response:
     artifact, content = artifacts.open(key, expires, signature)
+    name_in_logs(request, job_id=artifact.job_id, tenant=artifacts.tenant_of(artifact))
     return Response(
         content,
         media_type=artifact.content_type,

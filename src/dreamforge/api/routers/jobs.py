@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from dreamforge.api.deps import BaseUrl, JobId, Jobs, Reader, Writer
+from dreamforge.api.log_context import name_in_logs
 from dreamforge.api.schemas import (
     SPEC_EXAMPLE,
     ErrorOut,
@@ -77,6 +78,7 @@ def job_out(job: Job, base: str) -> JobOut:
     },
 )
 def create_job(
+    request: Request,
     response: Response,
     jobs: Jobs,
     base: BaseUrl,
@@ -96,6 +98,7 @@ def create_job(
 ) -> JobOut:
     """Queue a generation. Returns at once with the job; follow ``links.stream``."""
     out = job_out(jobs.submit(body, idempotency_key, caller.tenant), base)
+    name_in_logs(request, job_id=out.id)
     response.headers["Location"] = out.links.self
     return out
 
