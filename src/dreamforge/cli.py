@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamforge import logs
+from dreamforge.cli_remote import generate, jobs_app
 from dreamforge.config import Settings
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
 
@@ -47,6 +48,8 @@ receipt_app = typer.Typer(
 app.add_typer(receipt_app, name="receipt")
 webhook_app = typer.Typer(help="Webhooks: what receivers need.", no_args_is_help=True)
 app.add_typer(webhook_app, name="webhook")
+app.command()(generate)
+app.add_typer(jobs_app, name="jobs")
 
 InsecureNoAuth = Annotated[
     bool,
