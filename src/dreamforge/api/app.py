@@ -22,6 +22,7 @@ from dreamforge.api.routers import (
     jobs,
     logs,
     models,
+    openai_images,
     progress,
 )
 from dreamforge.api.schemas import event_schemas, problem_example
@@ -57,7 +58,7 @@ def create_app(
         title="Dream Forge", version=__version__, description=DESCRIPTION, lifespan=lifespan
     )
     app.state.runtime = runtime
-    problems.install(app)
+    problems.install(app, {openai_images.PREFIX: openai_images.error_response})
     app.add_middleware(LogContext)
     if runtime.settings.cors_origins:
         app.add_middleware(
@@ -77,6 +78,7 @@ def create_app(
         models.router,
         downloads.router,
         admin.router,
+        openai_images.router,
     ):
         app.include_router(router)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
@@ -94,10 +96,12 @@ def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
     )
     problem_ref = {"$ref": "#/components/schemas/Problem"}
     description, example = problem_example(422)
-    for operations in schema["paths"].values():
+    for path, operations in schema["paths"].items():
         for operation in operations.values():
             responses = operation["responses"]
-            if "HTTPValidationError" in str(responses.get("422", "")):
+            if path.startswith(openai_images.PREFIX):  # OpenAI's errors: a 400, never a 422
+                responses.pop("422", None)
+            elif "HTTPValidationError" in str(responses.get("422", "")):
                 responses["422"] = {
                     "description": description,
                     "content": {PROBLEM_JSON: {"example": example}},

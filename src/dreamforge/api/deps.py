@@ -19,6 +19,7 @@ from dreamforge.events.follow import JobEvents
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runtime import Runtime
 from dreamforge.services.artifacts import ArtifactService
+from dreamforge.services.completion import JobCompletion
 from dreamforge.services.dead_letters import DeadLetterQueue
 from dreamforge.services.downloads import DownloadService
 from dreamforge.services.health import Readiness
@@ -50,6 +51,11 @@ def _events(request: Request) -> JobEvents:
 
 def _artifacts(request: Request) -> ArtifactService:
     return _runtime(request).artifact_service
+
+
+def _completion(request: Request) -> JobCompletion:
+    runtime = _runtime(request)
+    return JobCompletion(runtime.job_service, runtime.job_events, runtime.artifact_service)
 
 
 def _downloads(request: Request) -> DownloadService:
@@ -127,6 +133,7 @@ Events = Annotated[JobEvents, Depends(_events)]
 Artifacts = Annotated[ArtifactService, Depends(_artifacts)]
 Models = Annotated[ModelRegistry, Depends(_models)]
 Downloads = Annotated[DownloadService, Depends(_downloads)]
+Completion = Annotated[JobCompletion, Depends(_completion)]
 DeadLetters = Annotated[DeadLetterQueue, Depends(_dead_letters)]
 ReadinessChecks = Annotated[Readiness, Depends(_readiness)]
 SsePing = Annotated[float, Depends(_sse_ping_s)]

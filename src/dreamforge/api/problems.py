@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
 from fastapi import FastAPI, Request
@@ -56,7 +57,7 @@ def problem_type(code: ErrorCode) -> str:
     return f"urn:dreamforge:problem:{code.value.lower().replace('_', '-')}"
 
 
-def problem(
+def rfc9457(
     status: int,
     code: ErrorCode,
     detail: str,
@@ -114,12 +115,37 @@ def validation_problems(errors: list[dict[str, Any]]) -> list[FieldProblem]:
     return [FieldProblem(_field_name(tuple(e["loc"])), e["msg"], _fix_for(e)) for e in errors]
 
 
-def install(app: FastAPI) -> None:
+class Renderer(Protocol):
+    """Writes an error response: as RFC 9457 says, or in the shape of another API for
+    routes that copy it (``instance`` is the request's path)."""
+
+    def __call__(
+        self,
+        status: int,
+        code: ErrorCode,
+        detail: str,
+        instance: str,
+        errors: list[FieldProblem] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse: ...
+
+
+def install(app: FastAPI, dialects: Mapping[str, Renderer] | None = None) -> None:
+    """Problem responses for every error; under a path prefix in ``dialects``, the error
+    shape of the API those routes copy instead."""
+    spoken = dict(dialects or {})
+
+    def renderer(request: Request) -> Renderer:
+        path = request.url.path
+        return next((r for prefix, r in spoken.items() if path.startswith(prefix)), rfc9457)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = validation_problems(list(exc.errors()))
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
-        return problem(422, ErrorCode.VALIDATION_ERROR, detail, request.url.path, problems)
+        return renderer(request)(
+            422, ErrorCode.VALIDATION_ERROR, detail, request.url.path, problems
+        )
 
     @app.exception_handler(DreamForgeError)
     async def _domain(request: Request, exc: DreamForgeError) -> JSONResponse:
@@ -128,13 +154,17 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers)
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="dreamforge"'
-        return problem(status, exc.code, exc.detail, request.url.path, exc.errors, headers)
+        return renderer(request)(
+            status, exc.code, exc.detail, request.url.path, exc.errors, headers
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:  # a body FastAPI could not even decode
             body = FieldProblem("body", str(exc.detail), "send a valid JSON body, in UTF-8")
-            return problem(422, ErrorCode.VALIDATION_ERROR, body.message, request.url.path, [body])
+            return renderer(request)(
+                422, ErrorCode.VALIDATION_ERROR, body.message, request.url.path, [body]
+            )
         code = {
             404: ErrorCode.NOT_FOUND,
             403: ErrorCode.FORBIDDEN,
@@ -144,9 +174,11 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:  # every method the path has, not the first route's
             methods = allowed_methods(request.app, request)
             if methods == ["OPTIONS"]:  # only the catch-all OPTIONS route matched
-                return problem(404, ErrorCode.NOT_FOUND, "Not Found", request.url.path)
+                return renderer(request)(404, ErrorCode.NOT_FOUND, "Not Found", request.url.path)
             headers["Allow"] = ", ".join(methods)
-        return problem(exc.status_code, code, str(exc.detail), request.url.path, headers=headers)
+        return renderer(request)(
+            exc.status_code, code, str(exc.detail), request.url.path, headers=headers
+        )
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -158,7 +190,7 @@ def install(app: FastAPI) -> None:
         ):
             return await _unexpected(request, exc)
         log.warning("api.database_unavailable", error=str(exc).splitlines()[0])
-        return problem(
+        return renderer(request)(
             503,
             ErrorCode.UNAVAILABLE,
             "the database is unavailable; retry shortly",
@@ -169,6 +201,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("api.unexpected_error", path=request.url.path)
-        return problem(
+        return renderer(request)(
             500, ErrorCode.INTERNAL_ERROR, "an unexpected error occurred", request.url.path
         )

@@ -71,8 +71,9 @@ class AccessService:
 
     def caller(self, authorization: str | None) -> Caller:
         """The caller an ``Authorization`` header names; ``Unauthorized`` if it names
-        none that is valid (and the server is not open)."""
-        if authorization is None and self.is_open():
+        none that is valid. An open server (no keys) takes anyone, whatever they send:
+        clients such as OpenAI's always send some key."""
+        if self.is_open():
             return OPEN_CALLER
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

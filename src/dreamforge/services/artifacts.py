@@ -38,6 +38,9 @@ class ArtifactService:
             for a in self._jobs.artifacts(job_id)
         ]
 
+    def content(self, artifact: Artifact) -> bytes:
+        return self._storage.get(artifact.key)
+
     def tenant_of(self, artifact: Artifact) -> str | None:
         job = self._jobs.get(artifact.job_id)
         return job.tenant if job else None
