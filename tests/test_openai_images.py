@@ -48,7 +48,9 @@ def test_images_come_back_as_base64_or_urls_from_an_ordinary_job(live: LiveServe
 
 
 def test_refusals_are_openai_errors_naming_the_parameter(fake: FakeServer) -> None:  # noqa: F811
-    client = openai.OpenAI(base_url=str(fake.client.base_url).rstrip("/") + "/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(
+        base_url=str(fake.client.base_url).rstrip("/") + "/v1", api_key="x", max_retries=0
+    )
     with pytest.raises(openai.BadRequestError) as odd:
         client.images.generate(prompt="odd", size="100x100")  # type: ignore[arg-type]
     error = odd.value.body

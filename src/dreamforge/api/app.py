@@ -15,6 +15,7 @@ from dreamforge.api import options, problems
 from dreamforge.api.log_context import LogContext
 from dreamforge.api.problems import PROBLEM_JSON
 from dreamforge.api.routers import (
+    a1111,
     admin,
     artifacts,
     downloads,
@@ -79,6 +80,7 @@ def create_app(
         downloads.router,
         admin.router,
         openai_images.router,
+        a1111.router,
     ):
         app.include_router(router)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]

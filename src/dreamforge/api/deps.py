@@ -78,6 +78,10 @@ def _metrics(request: Request) -> CollectorRegistry:
     return _runtime(request).metrics
 
 
+def _default_model_id(request: Request) -> str:
+    return _runtime(request).settings.default_model_id
+
+
 def _sse_ping_s(request: Request) -> float:
     return _runtime(request).settings.sse_ping_s
 
@@ -134,6 +138,7 @@ Artifacts = Annotated[ArtifactService, Depends(_artifacts)]
 Models = Annotated[ModelRegistry, Depends(_models)]
 Downloads = Annotated[DownloadService, Depends(_downloads)]
 Completion = Annotated[JobCompletion, Depends(_completion)]
+DefaultModelId = Annotated[str, Depends(_default_model_id)]
 DeadLetters = Annotated[DeadLetterQueue, Depends(_dead_letters)]
 ReadinessChecks = Annotated[Readiness, Depends(_readiness)]
 SsePing = Annotated[float, Depends(_sse_ping_s)]

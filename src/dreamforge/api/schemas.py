@@ -365,6 +365,11 @@ _PROBLEM_EXAMPLES: dict[int, tuple[str, str, str]] = {
         "State conflict",
         f"job {JOB_ID} already succeeded; there is nothing to cancel",
     ),
+    500: (
+        "RUNNER_ERROR",
+        "The job failed (its own error code)",
+        f"job {JOB_ID} failed: the pipeline raised RuntimeError",
+    ),
     503: ("UNAVAILABLE", "Unavailable", "the database is unavailable; retry shortly"),
 }
 
