@@ -78,6 +78,8 @@ def test_a_model_downloads_in_the_background_while_jobs_run(stack: Stack, tmp_pa
     job = submit(stack.client, prompt="while it downloads", steps=5)
     assert wait_for(stack.client, job["id"], {"succeeded"}, timeout=10)["status"] == "succeeded"
     assert stack.client.get(download["links"]["self"]).json()["status"] == "running"
+    listed = stack.client.get("/v1/downloads").json()["data"]
+    assert listed[0]["id"] == download["id"] and listed[0]["status"] == "running"
 
     updates = follow(stack.client, download["links"]["stream"])
     assert updates[-1]["status"] == "succeeded" and updates[-1]["model_id"] == "slow-xl"

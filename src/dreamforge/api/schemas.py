@@ -290,6 +290,12 @@ class DownloadOut(BaseModel):
     links: DownloadLinks
 
 
+class DownloadListOut(BaseModel):
+    model_config = _examples({"data": [DOWNLOAD_EXAMPLE]})
+
+    data: list[DownloadOut] = Field(description="Newest first.")
+
+
 class HealthOut(BaseModel):
     model_config = _examples({"status": "ok"})
 

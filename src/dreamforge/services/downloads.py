@@ -39,6 +39,9 @@ class DownloadService:
         self._enqueue(download.id)
         return download
 
+    def recent(self, tenant: str, limit: int = 20) -> list[Download]:
+        return self._downloads.recent(tenant, limit)
+
     def get(self, download_id: str, tenant: str) -> Download:
         download = self._downloads.get(download_id)
         if download is None or download.tenant != tenant:

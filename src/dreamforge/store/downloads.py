@@ -86,6 +86,17 @@ class DownloadRepository:
             row = connection.execute(select(downloads).where(downloads.c.id == download_id)).first()
             return _download(row) if row else None
 
+    def recent(self, tenant: str, limit: int) -> list[Download]:
+        """The tenant's downloads, newest first."""
+        query = (
+            select(downloads)
+            .where(downloads.c.tenant == tenant)
+            .order_by(downloads.c.created_at.desc(), downloads.c.id)
+            .limit(limit)
+        )
+        with self._db.reading() as connection:
+            return [_download(row) for row in connection.execute(query)]
+
     def count_queued(self) -> int:
         query = select(func.count()).select_from(downloads).where(downloads.c.status == "queued")
         with self._db.reading() as connection:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
 from dreamforge.api.deps import BaseUrl, DownloadId, Downloads, ModelAdmin, SsePing
 from dreamforge.api.schemas import (
     DownloadLinks,
+    DownloadListOut,
     DownloadOut,
     ModelSourceIn,
     access_responses,
@@ -69,6 +71,23 @@ def add_model(
     out = download_out(downloads.submit(body.source, body.id, caller.tenant), base)
     response.headers["Location"] = out.links.self
     return out
+
+
+@router.get(
+    "/downloads",
+    response_model=DownloadListOut,
+    summary="Recent downloads, newest first",
+    responses=problem_responses(422, 503),
+)
+def list_downloads(
+    downloads: Downloads,
+    base: BaseUrl,
+    caller: ModelAdmin,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> DownloadListOut:
+    return DownloadListOut(
+        data=[download_out(d, base) for d in downloads.recent(caller.tenant, limit)]
+    )
 
 
 @router.get(
