@@ -95,8 +95,8 @@ def serve(
     _check_access(runtime, settings, insecure_no_auth)
     url = f"http://{settings.host}:{settings.port}"
     console.print(
-        f"[bold green]Dream Forge[/] is starting at [link={url}]{url}[/link] "
-        f"(API docs: {url}/docs, data: {settings.data_dir.resolve()})"
+        f"[bold green]Dream Forge[/] is starting at [link={url}/]{url}/[/link] (the console; "
+        f"API docs: {url}/docs, data: {settings.data_dir.resolve()})"
     )
     _warn_if_links_point_nowhere(settings)
     uvicorn.run(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from dreamforge import __version__
 from dreamforge.api import options, problems
@@ -83,9 +86,23 @@ def create_app(
         a1111.router,
     ):
         app.include_router(router)
+    _serve_console(app)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     options.install(app)
     return app
+
+
+CONSOLE = Path(__file__).parent / "console"
+
+
+def _serve_console(app: FastAPI) -> None:
+    """The web console: static files that use the public API like any other client."""
+
+    @app.get("/", include_in_schema=False)
+    def console() -> FileResponse:
+        return FileResponse(CONSOLE / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/console", StaticFiles(directory=CONSOLE), name="console")
 
 
 def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
