@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from dreamforge.api.app import create_app
 from dreamforge.config import Settings
 from dreamforge.models.registry import TINY_DEFAULTS, ModelRegistry
-from dreamforge.models.tiny import write_tiny_sdxl
+from dreamforge.models.tiny import write_tiny_sdxl, write_tiny_upscaler
 from dreamforge.runners.protocol import Runner
 from dreamforge.runtime import Runtime
 from dreamforge.store.db import Database
@@ -47,6 +47,11 @@ def unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_upscaler(tmp_path_factory.mktemp("upscalers") / "tiny-esrgan.safetensors")
 
 
 def register_tiny(database_url: str, model_dir: Path, model_id: str = "tiny-sdxl") -> None:

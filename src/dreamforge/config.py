@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     max_width: int = Field(2048, ge=64)
     max_height: int = Field(2048, ge=64)
     max_steps: int = Field(150, ge=1)
+    max_output_side: int = Field(
+        4096, ge=64, description="The largest side a chain (upscale) may make, in pixels."
+    )
+    upscale_tile_px: int = Field(
+        512,
+        ge=32,
+        description="Upscalers run over tiles of this size, so that a large image fits the "
+        "device; smaller tiles use less memory.",
+    )
 
     signing_key: SecretStr | None = Field(None, description="HMAC key for artifact URLs.")
     artifact_url_ttl_s: int = Field(3600, ge=1)

@@ -84,6 +84,8 @@ def configure(log_format: LogFormat = "console", level: int = logging.INFO) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A line per HTTP request the service makes (webhooks, downloads) is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # uvicorn configures its own handlers; its lines go through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -132,6 +132,7 @@ class Runtime:
             max_height=settings.max_height,
             max_steps=settings.max_steps,
             max_time_limit_s=settings.max_job_time_limit_s,
+            max_output_side=settings.max_output_side,
         )
         return cls(
             settings=settings,
@@ -213,6 +214,7 @@ class Runtime:
             self.settings.progress_persist_s,
             self.settings.max_batch_size,
             Sealer(self.settings.resolved_signing_key),
+            tile_px=self.settings.upscale_tile_px,
         )
         lease = LeaseSettings(
             worker_id=self.worker_id,

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from dreamforge.api.log_context import name_in_logs
 from dreamforge.domain.access import Caller, Scope
-from dreamforge.domain.jobs import MODEL_ID_PATTERN
+from dreamforge.domain.fields import MODEL_ID_PATTERN
 from dreamforge.events.follow import JobEvents
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runtime import Runtime

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.events import PAYLOADS, EventData
-from dreamforge.domain.jobs import MODEL_ID_PATTERN, JobSpec, JobStatus, ModelDefaults
+from dreamforge.domain.fields import MODEL_ID_PATTERN
+from dreamforge.domain.jobs import JobSpec, JobStatus, ModelDefaults
 
 JOB_ID = "7b0c8a1e-3f52-4d8e-9a37-1f0e2c6b9d41"
 _BASE = f"http://127.0.0.1:8000/v1/jobs/{JOB_ID}"

@@ -13,8 +13,9 @@ from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from dreamforge.domain.chains import RefineStep, UpscaleStep
 from dreamforge.domain.jobs import SAMPLER_NAMES, JobSpec
 
 RECEIPT_CHUNK = "dreamforge"
@@ -27,18 +28,31 @@ class ModelReceipt(BaseModel):
     source: str
 
 
+class ParentReceipt(BaseModel):
+    """The image a chain step started from."""
+
+    key: str
+    sha256: str
+
+
 class Receipt(BaseModel):
-    """Everything needed to make the same image again."""
+    """Everything needed to make the same image again; a chain step's image also names
+    the image it started from, so that its whole history is in the file."""
 
     spec: JobSpec
     seed: int
     step_index: int
     step_type: str
     item_index: int
-    model: ModelReceipt
+    model: ModelReceipt  # the job's SDXL model
     versions: dict[str, str]
     device: str
     dtype: str
+    parent: ParentReceipt | None = None
+    chain_step: UpscaleStep | RefineStep | None = None
+    step_model: ModelReceipt | None = Field(
+        None, description="The model this chain step ran: the upscaler, or refine's own."
+    )
 
 
 def a1111_parameters(receipt: Receipt) -> str:
@@ -54,10 +68,22 @@ def a1111_parameters(receipt: Receipt) -> str:
         f"Size: {spec.width}x{spec.height}",
         f"Model hash: {receipt.model.sha256[:10]}",
         f"Model: {receipt.model.id}",
+        *_chain_parameters(receipt),
         f"Version: dreamforge {receipt.versions.get('dreamforge', '')}",
     ]
     lines.append(", ".join(settings))
     return "\n".join(lines)
+
+
+def _chain_parameters(receipt: Receipt) -> list[str]:
+    """A chain step's settings by the names A1111 gives its hires fix."""
+    step = receipt.chain_step
+    if isinstance(step, UpscaleStep):
+        upscaler = receipt.step_model.id if receipt.step_model else "Lanczos"
+        return [f"Hires upscale: {step.scale:g}", f"Hires upscaler: {upscaler}"]
+    if isinstance(step, RefineStep):
+        return [f"Hires steps: {step.steps}", f"Denoising strength: {step.strength:g}"]
+    return []
 
 
 def encode_png(image: Image.Image, receipt: Receipt) -> bytes:

@@ -64,6 +64,7 @@ class StageData(EventData):
     TYPE = EventType.STAGE
     stage: str
     progress: float = Field(ge=0, le=1)
+    step_index: int | None = Field(None, description="The step of the chain it is in.")
 
 
 class ProgressData(EventData):
@@ -90,6 +91,7 @@ class LogData(EventData):
     stage: str | None = None
     attempt: int | None = None
     code: str | None = Field(None, description="The error code, on error lines.")
+    step_index: int | None = Field(None, description="The step of the chain it is about.")
 
 
 class ArtifactData(EventData):
@@ -148,8 +150,10 @@ def log_event(
     *,
     attempt: int | None = None,
     code: str | None = None,
+    step_index: int | None = None,
 ) -> LogData:
-    extra = {k: v for k, v in (("attempt", attempt), ("code", code)) if v is not None}
+    given = (("attempt", attempt), ("code", code), ("step_index", step_index))
+    extra = {k: v for k, v in given if v is not None}
     return LogData(level=level, message=message, stage=stage, **extra)
 
 

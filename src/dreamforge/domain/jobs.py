@@ -6,9 +6,18 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
+from dreamforge.domain.chains import (
+    MAX_CHAIN,
+    ChainStep,
+    RefineStep,
+    UpscaleStep,
+    check_chain,
+    resolve_chain,
+)
 from dreamforge.domain.errors import FieldProblem
+from dreamforge.domain.fields import MODEL_ID_PATTERN, Prompt
 
 
 class JobStatus(StrEnum):
@@ -90,8 +99,6 @@ SAMPLER_NAMES: dict[Scheduler, str] = {
 
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 100
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 Dimension = Annotated[int, Field(ge=64, multiple_of=8)]
 
 
@@ -132,6 +139,13 @@ class JobRequest(BaseModel):
     model_id: str | None = Field(
         None, pattern=MODEL_ID_PATTERN, description="Default: the server's model."
     )
+    then: list[ChainStep] = Field(
+        [],
+        max_length=MAX_CHAIN,
+        description="Steps after generate, each over every image of the step before: "
+        "upscale, refine (see docs/chains.md).",
+        examples=[[{"type": "upscale", "scale": 2}, {"type": "refine", "strength": 0.3}]],
+    )
 
 
 class ModelDefaults(BaseModel):
@@ -161,6 +175,9 @@ class JobSpec(BaseModel):
     count: int = 1
     item_seeds: tuple[int, ...] = Field((), description="Each item's seed, in item order.")
     time_limit_s: float | None = Field(None, description="Set by the request; else the server's.")
+    then: tuple[UpscaleStep | RefineStep, ...] = Field(
+        (), description="The chain after generate, refine steps' blanks filled."
+    )
 
     def seeds(self) -> tuple[int, ...]:
         """Each item's seed (jobs stored before batches have ``seed`` alone)."""
@@ -174,6 +191,7 @@ class Limits(BaseModel):
     max_height: int
     max_steps: int
     max_time_limit_s: float = float("inf")
+    max_output_side: int = 4096
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -192,6 +210,10 @@ def resolve_spec(
 ) -> JobSpec:
     """Fill what the request left out from the model's defaults, and give every item its
     seed: the request's seed + the item's index, or one drawn for each."""
+    steps = request.steps or defaults.steps
+    guidance_scale = (
+        defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale
+    )
     if request.seed is None:
         seeds = tuple(draw() for _ in range(request.count))
     else:
@@ -201,16 +223,22 @@ def resolve_spec(
         negative_prompt=request.negative_prompt,
         width=request.width or defaults.width,
         height=request.height or defaults.height,
-        steps=request.steps or defaults.steps,
-        guidance_scale=(
-            defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale
-        ),
+        steps=steps,
+        guidance_scale=guidance_scale,
         scheduler=request.scheduler or defaults.scheduler,
         seed=seeds[0],
         model_id=model_id,
         count=request.count,
         item_seeds=seeds,
         time_limit_s=request.time_limit_s,
+        then=resolve_chain(
+            request.then,
+            request.prompt,
+            request.negative_prompt,
+            steps,
+            guidance_scale,
+            model_id,
+        ),
     )
 
 
@@ -241,6 +269,26 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[FieldProblem]:
                 f"use at most {limits.max_steps} steps",
             )
         )
+    problems += check_chain(spec.width, spec.height, spec.then, limits.max_output_side)
+    for index, step in enumerate(spec.then):
+        if not isinstance(step, RefineStep) or step.steps is None:
+            continue
+        if step.steps > limits.max_steps:
+            problems.append(
+                FieldProblem(
+                    f"then.{index}.steps",
+                    f"{step.steps} is above the maximum {limits.max_steps}",
+                    f"use at most {limits.max_steps} steps",
+                )
+            )
+        if step.steps * step.strength < 1:
+            problems.append(
+                FieldProblem(
+                    f"then.{index}.strength",
+                    f"strength {step.strength:g} of {step.steps} steps is not one whole step",
+                    "raise the strength or the steps so that their product is at least 1",
+                )
+            )
     if spec.time_limit_s is not None and spec.time_limit_s > limits.max_time_limit_s:
         problems.append(
             FieldProblem(

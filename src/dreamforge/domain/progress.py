@@ -13,6 +13,7 @@ class Stage(StrEnum):
     QUEUED = "queued"
     LOADING_MODEL = "loading_model"
     DENOISING = "denoising"
+    UPSCALING = "upscaling"  # an upscale step's work: it takes denoising's share
     SAVING = "saving"
     DONE = "done"
 
@@ -28,6 +29,8 @@ _ORDER = [Stage.LOADING_MODEL, Stage.DENOISING, Stage.SAVING]
 
 def overall_progress(stage: Stage, fraction: float = 0.0) -> float:
     """Progress of the whole job when ``stage`` is ``fraction`` done."""
+    if stage is Stage.UPSCALING:
+        stage = Stage.DENOISING
     if stage is Stage.QUEUED:
         return 0.0
     if stage is Stage.DONE:

@@ -74,7 +74,10 @@ class JobEvents:
                 return
             replay = await asyncio.to_thread(self._jobs.events, job_id, after)
             if job.status is JobStatus.RUNNING:
-                snapshot = ProgressData(progress=job.progress, stage=job.stage)
+                # The job was read before its events: the replay may have gone further.
+                replayed = [e.data["progress"] for e in replay if "progress" in e.data]
+                progress = max([job.progress, *replayed])
+                snapshot = ProgressData(progress=progress, stage=job.stage)
                 replay.append(JobEvent.live(job_id, snapshot, utcnow()))
             async for batch in self._in_order(job_id, after, replay, subscription):
                 yield batch

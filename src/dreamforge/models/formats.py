@@ -29,7 +29,17 @@ PIPELINE_ARCHITECTURES = {
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "StableDiffusionPipeline": "sd1",
 }
-SUPPORTED = frozenset({"sdxl"})
+# Upscalers, by tensor names of the families spandrel loads (ESRGAN in its old and new
+# layouts, Real-ESRGAN's compact net, SwinIR): every name in a set must be there.
+UPSCALER_KEYS = (
+    {"model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"},
+    {"conv_first.weight", "body.0.rdb1.conv1.weight"},
+    {"conv_first.weight", "RRDB_trunk.0.RDB1.conv1.weight"},
+    {"body.0.weight", "body.1.weight", "body.2.weight"},
+    {"conv_first.weight", "layers.0.residual_group.blocks.0.norm1.weight"},
+)
+UPSCALER = "upscaler"
+SUPPORTED = frozenset({"sdxl", UPSCALER})
 NAMES = {"sdxl": "SDXL", "sdxl_refiner": "the SDXL refiner", "sd1": "SD 1.x", "sd2": "SD 2.x"}
 
 
@@ -77,7 +87,8 @@ def _supported(architecture: str) -> str:
     if architecture not in SUPPORTED:
         name = NAMES.get(architecture, "an unknown architecture")
         raise UnsupportedModel(
-            f"this is {name}: not supported yet (Dream Forge runs SDXL models only)"
+            f"this is {name}: not supported yet (Dream Forge runs SDXL models and "
+            "ESRGAN-family upscalers)"
         )
     return architecture
 
@@ -128,4 +139,6 @@ def _checkpoint_architecture(path: Path) -> str:
     ):
         if key in keys:
             return architecture
+    if any(wanted <= keys for wanted in UPSCALER_KEYS):
+        return UPSCALER
     return "unknown"

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dreamforge.domain.clock import utcnow
-from dreamforge.domain.jobs import MODEL_ID_PATTERN, ModelDefaults, Scheduler
+from dreamforge.domain.fields import MODEL_ID_PATTERN
+from dreamforge.domain.jobs import ModelDefaults, Scheduler
 from dreamforge.domain.records import Model, ModelFile
 from dreamforge.models.formats import (
     WEIGHT_SUFFIXES,

@@ -109,3 +109,17 @@ def write_tiny_sdxl(target: Path) -> Path:
     """Save the tiny pipeline as a diffusers folder (safetensors) at ``target``."""
     build_tiny_sdxl().save_pretrained(target, safe_serialization=True)
     return target
+
+
+def write_tiny_upscaler(target: Path) -> Path:
+    """A tiny random 2x ESRGAN (8 filters, one RRDB block), saved as ``target`` in the
+    layout spandrel recognises; seeded, so every build is the same. Its images are noise,
+    like the tiny SDXL's: it is for tests and trying chains, not for looking at."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(BUILD_SEED)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in net.state_dict().items()}, target)
+    return target

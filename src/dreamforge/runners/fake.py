@@ -15,9 +15,11 @@ import numpy as np
 from PIL import Image
 
 from dreamforge import __version__
-from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
+from dreamforge.artifacts.receipts import encode_png
+from dreamforge.domain.chains import RefineStep, refine_denoising_steps
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.runners.device import InsufficientMemory, check_headroom, item_bytes
+from dreamforge.runners.making import lanczos, parent_image, receipt_for
 from dreamforge.runners.protocol import (
     DeviceMemory,
     Failed,
@@ -54,14 +56,15 @@ class Where(Enum):
 
 @dataclass(frozen=True)
 class Plan:
-    """What goes wrong, where, for which item, and in how many renders (``times``: the
-    first ones; ``None``: every one)."""
+    """What goes wrong, where, for which item, in which step of the job's chain, and in
+    how many renders of that step (``times``: the first ones; ``None``: every one)."""
 
     trouble: Trouble
     at_step: int = 1
     at_item: int = 0
     where: Where = Where.STEP
     times: int | None = None
+    in_step: int = 0  # 0: generate; 1 on: the chain's steps
 
 
 @dataclass
@@ -119,6 +122,7 @@ class FakeRunner:
     rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
     renders: Counter[str] = field(default_factory=Counter)  # render requests per prompt
     _loaded: set[str] = field(default_factory=set)
+    _tries: Counter[str] = field(default_factory=Counter)  # renders of a plan's step
     _reported: DeviceMemory | None = None  # as of the last request, as the child's is
 
     def preload(self, model: ModelRef) -> None:
@@ -165,7 +169,7 @@ class FakeRunner:
         tick: Callable[[], Tick],
     ) -> Outcome:
         spec = request.spec
-        plan = self._plan(spec.prompt) if spec is not None else None
+        plan = self._plan(spec.prompt, request.step_index) if spec is not None else None
 
         def trouble_at(where: Where, item: int = 0) -> Trouble | None:
             if plan is None or plan.where is not where:
@@ -189,6 +193,8 @@ class FakeRunner:
         )
         if spec is None:
             return Finished()
+        if request.chain_step is not None:
+            return self._chain(request, on_message, tick, plan)
         try:
             check_headroom(self.device.free_bytes, self.device.total_bytes, spec.width, spec.height)
         except InsufficientMemory as exc:
@@ -216,19 +222,7 @@ class FakeRunner:
                 if trouble is not None and (failed := self._meet(trouble, tick, where)):
                     return failed
             image = fake_image(item.seed, spec.width, spec.height)
-            receipt = Receipt(
-                spec=spec,
-                seed=item.seed,
-                step_index=request.step_index,
-                step_type=request.step_type,
-                item_index=item.index,
-                model=ModelReceipt(
-                    id=request.model.id, sha256=request.model.sha256, source=request.model.source
-                ),
-                versions={"dreamforge": __version__},
-                device="fake",
-                dtype="uint8",
-            )
+            receipt = receipt_for(request, item, {"dreamforge": __version__}, "fake", "uint8")
             self.rendered.append((spec.prompt, item.seed))
             if trouble_at(Where.STEP, item.index) is Trouble.LEAK:
                 self.device.leaked_bytes += self.device.working_bytes
@@ -239,11 +233,51 @@ class FakeRunner:
             on_message(ItemRendered(item.index, item.seed, png, spec.width, spec.height, encode_s))
         return Finished()
 
-    def _plan(self, prompt: str) -> Plan | None:
-        """The prompt's plan, while it still applies to this render."""
+    def _chain(
+        self,
+        request: RenderRequest,
+        on_message: Callable[[RunnerMessage], None],
+        tick: Callable[[], Tick],
+        plan: Plan | None,
+    ) -> Outcome:
+        """A chain step, as cheaply as the fake can: upscale resamples for real; refine
+        blends seeded noise in, by its strength, over its denoising steps."""
+        step = request.chain_step
+        for item in request.items:
+            source = lanczos(parent_image(item), request.width, request.height)
+            steps = refine_denoising_steps(step) if isinstance(step, RefineStep) else 1
+            for done in range(1, steps + 1):
+                time.sleep(self.step_s)
+                if (
+                    plan is not None
+                    and plan.where is Where.STEP
+                    and item.index >= plan.at_item
+                    and done == plan.at_step
+                    and (failed := self._meet(plan.trouble, tick)) is not None
+                ):
+                    return failed
+                on_message(StepDone((item.index,), done, steps))
+                decision = tick()
+                if decision is Tick.CANCEL:
+                    return Failed(ErrorCode.CANCELED, "canceled by request")
+                if decision is Tick.KILL:
+                    raise RunnerCrashed("the runner was killed")
+            if isinstance(step, RefineStep):
+                noise = fake_image(item.seed, request.width, request.height)
+                source = Image.blend(source, noise, step.strength / 2)
+            receipt = receipt_for(request, item, {"dreamforge": __version__}, "fake", "uint8")
+            png = encode_png(source, receipt)
+            on_message(ItemRendered(item.index, item.seed, png, request.width, request.height))
+        return Finished()
+
+    def _plan(self, prompt: str, step_index: int) -> Plan | None:
+        """The prompt's plan, while it still applies to this render of this step."""
         self.renders[prompt] += 1
         plan = self.plans.get(prompt)
-        if plan is None or (plan.times is not None and self.renders[prompt] > plan.times):
+        if plan is None or plan.in_step != step_index:
+            return None
+        self._tries[prompt] += 1
+        if plan.times is not None and self._tries[prompt] > plan.times:
             return None
         return plan
 

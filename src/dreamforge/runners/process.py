@@ -53,7 +53,7 @@ def _child_main(
             return
         failed: tuple[ErrorCode, str] | None = None
         try:
-            runner.generate(request, conn.send, cancel.is_set)
+            runner.run(request, conn.send, cancel.is_set)
         except Canceled:
             failed = ErrorCode.CANCELED, "canceled by request"
         except ModelUnusable as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from dreamforge.domain.chains import RefineStep, UpscaleStep
 from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.jobs import JobSpec
 from dreamforge.domain.records import Model
@@ -34,15 +35,30 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class Parent:
+    """The image a chain step works on: the previous step's artifact, and its bytes."""
+
+    key: str
+    sha256: str
+    png: bytes
+
+
+@dataclass(frozen=True)
 class ItemToRender:
     index: int
     seed: int
+    parent: Parent | None = None  # chain steps only
 
 
 @dataclass(frozen=True)
 class RenderRequest:
     """Render ``items`` of ``spec`` with ``model`` as step ``step_index`` of a job; with
-    no spec, only load the model."""
+    no spec, only load the model.
+
+    A chain step (``chain_step`` set) works on each item's parent image; ``step_model`` is
+    the model it runs (the upscaler, or refine's SDXL model), ``None`` for resampling, and
+    ``width`` and ``height`` the size it makes.
+    """
 
     spec: JobSpec | None
     model: ModelRef
@@ -50,6 +66,11 @@ class RenderRequest:
     step_index: int = 0
     step_type: str = "generate"
     max_batch: int = 1  # items rendered together on the device, at most
+    chain_step: UpscaleStep | RefineStep | None = None
+    step_model: ModelRef | None = None
+    width: int = 0
+    height: int = 0
+    tile_px: int = 512  # upscalers run over tiles of at most this size
 
 
 @dataclass(frozen=True)

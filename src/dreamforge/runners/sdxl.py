@@ -17,6 +17,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UniPCMultistepScheduler,
 )
@@ -24,7 +25,8 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from dreamforge import __version__
-from dreamforge.artifacts.receipts import ModelReceipt, Receipt, encode_png
+from dreamforge.artifacts.receipts import Receipt, encode_png
+from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.jobs import JobSpec, Scheduler
 from dreamforge.runners.device import (
     DeviceChoice,
@@ -36,6 +38,7 @@ from dreamforge.runners.device import (
     memory_report,
     settle,
 )
+from dreamforge.runners.making import lanczos, parent_image, receipt_for
 from dreamforge.runners.protocol import (
     DeviceMemory,
     ItemRendered,
@@ -47,6 +50,7 @@ from dreamforge.runners.protocol import (
     StepDone,
 )
 from dreamforge.runners.resident import Resident, ResidentPipelines
+from dreamforge.runners.upscale import Upscalers, upscale_tiled
 
 SCHEDULERS: dict[Scheduler, Any] = {
     Scheduler.EULER: EulerDiscreteScheduler,
@@ -102,6 +106,7 @@ class SdxlRunner:
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
         self._versions = library_versions()
         self._baseline: int | None = allocated_memory(device)  # nothing loaded yet
+        self._upscalers = Upscalers(device)
         diffusers_logging.disable_progress_bar()
 
     def report(self) -> DeviceMemory:
@@ -162,6 +167,90 @@ class SdxlRunner:
             self._schedulers[key] = SCHEDULERS[name].from_config(config)
         return self._schedulers[key]
 
+    def run(
+        self,
+        request: RenderRequest,
+        emit: Callable[[RunnerMessage], None],
+        should_cancel: Callable[[], bool],
+    ) -> None:
+        """Render the request's step: generate, upscale or refine; raises ``Canceled``."""
+        if isinstance(request.chain_step, UpscaleStep):
+            self._upscale(request, request.chain_step, emit, should_cancel)
+        elif isinstance(request.chain_step, RefineStep):
+            self._refine(request, request.chain_step, emit, should_cancel)
+        else:
+            self.generate(request, emit, should_cancel)
+
+    def _upscale(
+        self,
+        request: RenderRequest,
+        step: UpscaleStep,
+        emit: Callable[[RunnerMessage], None],
+        should_cancel: Callable[[], bool],
+    ) -> None:
+        """With the step's model over tiles, then resampled to the asked size (a 4x model
+        asked for 2x); by Lanczos alone when the step names no model."""
+        upscaler = None
+        if request.step_model is not None:
+            started = time.perf_counter()
+            check_files(request.step_model)
+            upscaler, cached = self._upscalers.get(request.step_model)
+            emit(self._loaded(request.step_model, started, cached))
+        for item in request.items:
+            image = parent_image(item)
+            if upscaler is not None:
+
+                def on_tile(done: int, tiles: int, index: int = item.index) -> None:
+                    emit(StepDone((index,), done, tiles))
+                    if should_cancel():
+                        raise Canceled
+
+                image = upscale_tiled(upscaler, image, request.tile_px, on_tile)
+            else:
+                emit(StepDone((item.index,), 1, 1))
+            image = lanczos(image, request.width, request.height)
+            receipt = self._receipt(request, item, str(self._device.device), "float32")
+            _encode_and_send(image, item, receipt, emit)
+
+    def _refine(
+        self,
+        request: RenderRequest,
+        step: RefineStep,
+        emit: Callable[[RunnerMessage], None],
+        should_cancel: Callable[[], bool],
+    ) -> None:
+        """SDXL image-to-image over each item's parent, with the item's seed."""
+        assert request.step_model is not None and request.spec is not None
+        model = request.step_model
+        pipe, scheduler_config, loaded = self._load(model)
+        emit(loaded)
+        img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        img2img.set_progress_bar_config(disable=True)
+        img2img.scheduler = self._scheduler(model.id, request.spec.scheduler, scheduler_config)
+        total = refine_denoising_steps(step)
+        for item in request.items:
+
+            def on_step_end(
+                _pipe: Any, index: int, _timestep: Any, kwargs: dict[str, Any], item: Any = item
+            ) -> dict[str, Any]:
+                emit(StepDone((item.index,), min(index + 1, total), total))
+                if should_cancel():
+                    raise Canceled
+                return kwargs
+
+            image: Image.Image = img2img(
+                prompt=step.prompt,
+                negative_prompt=step.negative_prompt or None,
+                image=parent_image(item),
+                strength=step.strength,
+                num_inference_steps=step.steps,
+                guidance_scale=step.guidance_scale,
+                generator=torch.Generator(device="cpu").manual_seed(item.seed),
+                callback_on_step_end=on_step_end,
+            ).images[0]
+            receipt = self._receipt(request, item, loaded.device, loaded.dtype)
+            _encode_and_send(image, item, receipt, emit)
+
     def generate(
         self,
         request: RenderRequest,
@@ -206,7 +295,7 @@ class SdxlRunner:
                         continue
                     del pending[: len(batch)]
                     for item, image in zip(batch, images, strict=True):
-                        receipt = self._receipt(request, item, loaded)
+                        receipt = self._receipt(request, item, loaded.device, loaded.dtype)
                         encoded.append(encoder.submit(_encode_and_send, image, item, receipt, send))
             finally:
                 for future in encoded:
@@ -259,20 +348,10 @@ class SdxlRunner:
         ).images
         return images
 
-    def _receipt(self, request: RenderRequest, item: ItemToRender, loaded: ModelLoaded) -> Receipt:
-        assert request.spec is not None
-        model = request.model
-        return Receipt(
-            spec=request.spec,
-            seed=item.seed,
-            step_index=request.step_index,
-            step_type=request.step_type,
-            item_index=item.index,
-            model=ModelReceipt(id=model.id, sha256=model.sha256, source=model.source),
-            versions=self._versions,
-            device=loaded.device,
-            dtype=loaded.dtype,
-        )
+    def _receipt(
+        self, request: RenderRequest, item: ItemToRender, device: str, dtype: str
+    ) -> Receipt:
+        return receipt_for(request, item, self._versions, device, dtype)
 
 
 def _encode_and_send(

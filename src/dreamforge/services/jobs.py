@@ -25,10 +25,11 @@ from dreamforge.domain.jobs import (
 )
 from dreamforge.domain.progress import Stage
 from dreamforge.domain.quotas import Quota, check_quota, day_start
-from dreamforge.domain.records import IdempotencyKey, Job
+from dreamforge.domain.records import IdempotencyKey, Job, Model
 from dreamforge.events.writer import JobWriter
 from dreamforge.metrics import JOBS_CREATED
 from dreamforge.models.fetch import host_allowed
+from dreamforge.models.formats import UPSCALER
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
@@ -91,14 +92,14 @@ class JobService:
             )
         return self._jobs.require(job_id)
 
-    def _create(self, request: JobRequest, key: IdempotencyKey | None, tenant: str) -> Job:
-        model_id = request.model_id or self._default_model_id
+    def _ready_model(self, model_id: str, field: str, base: str) -> Model:
+        """The registered, ready model of ``base`` that ``field`` names; else a problem."""
         model = self._models.get(model_id)
         if model is None:
             raise InvalidRequest(
                 [
                     FieldProblem(
-                        "model_id",
+                        field,
                         f"no model {model_id!r} is registered",
                         "use the id of a model listed by GET /v1/models",
                     )
@@ -109,13 +110,33 @@ class JobService:
             raise InvalidRequest(
                 [
                     FieldProblem(
-                        "model_id",
+                        field,
                         f"model {model_id!r} is {model.status}",
                         "wait until GET /v1/models/{id} says ready, or pick another",
                     )
                 ],
                 code=ErrorCode.MODEL_NOT_READY,
             )
+        if model.base != base:
+            wanted = "an upscaler" if base == UPSCALER else f"a {base} model"
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        field,
+                        f"model {model_id!r} is {model.base}, not {wanted}",
+                        f"name {wanted} here (GET /v1/models lists each model's base)",
+                    )
+                ]
+            )
+        return model
+
+    def _create(self, request: JobRequest, key: IdempotencyKey | None, tenant: str) -> Job:
+        model_id = request.model_id or self._default_model_id
+        model = self._ready_model(model_id, "model_id", "sdxl")
+        for index, step in enumerate(request.then):
+            if step.model_id is not None:
+                base = UPSCALER if step.type == "upscale" else "sdxl"
+                self._ready_model(step.model_id, f"then.{index}.model_id", base)
         spec = resolve_spec(
             request, model_id, model.defaults, lambda: secrets.randbelow(MAX_SEED + 1)
         )

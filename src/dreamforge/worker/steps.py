@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from dreamforge.artifacts.keys import artifact_key
 from dreamforge.artifacts.seal import Sealer
 from dreamforge.artifacts.storage import ArtifactStorage
+from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import ErrorCode, JobError
 from dreamforge.domain.events import ArtifactData, EventData, ProgressData, StageData, log_event
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.domain.plan import StepPlan, plan_steps
 from dreamforge.domain.progress import Stage, items_progress, job_progress, share_of_job
-from dreamforge.domain.records import Artifact, Job
+from dreamforge.domain.records import Artifact, Job, Model
 from dreamforge.events.writer import JobWriter
 from dreamforge.metrics import ITEMS_RENDERED, MODEL_EVICTIONS, MODEL_LOADS, STAGE_SECONDS
 from dreamforge.models.registry import ModelRegistry
@@ -33,6 +34,7 @@ from dreamforge.runners.protocol import (
     ItemToRender,
     ModelLoaded,
     ModelRef,
+    Parent,
     RenderRequest,
     Runner,
     RunnerMessage,
@@ -69,6 +71,7 @@ class StepDriver:
         progress_persist_s: float,
         max_batch: int = 1,
         sealer: Sealer | None = None,
+        tile_px: int = 512,
     ) -> None:
         self.jobs = jobs
         self.writer = writer
@@ -78,6 +81,7 @@ class StepDriver:
         self.progress_persist_s = progress_persist_s
         self.max_batch = max_batch
         self.sealer = sealer  # None: images stored unsealed (tests of other things)
+        self.tile_px = tile_px
 
     def drive(
         self, job: Job, tick: Callable[[], Tick], notes: Sequence[EventData] = ()
@@ -85,22 +89,48 @@ class StepDriver:
         """Render every step of ``job`` that is not stored yet, writing ``notes`` with the
         first stage change; raises ``RunnerCrashed``."""
         spec = job.spec
-        model = self.models.get(spec.model_id)
-        if model is None or model.status != "ready":
-            code = ErrorCode.MODEL_NOT_FOUND if model is None else ErrorCode.MODEL_NOT_READY
-            state = "not registered" if model is None else model.status
-            self.writer.record(job.id, notes)
-            return JobOutcome.failed(code, f"model {spec.model_id!r} is {state}")
         steps = plan_steps(spec)
         for step in steps:
+            wanted = [spec.model_id]
+            if step.chain_step is not None and step.chain_step.model_id is not None:
+                wanted.append(step.chain_step.model_id)
+            found = [self._ready(model_id) for model_id in wanted]
+            for failure in (f for f in found if isinstance(f, JobOutcome)):
+                self.writer.record(job.id, notes)
+                return failure
+            model, *step_model = [ModelRef.of(m) for m in found if isinstance(m, Model)]
             run = _StepRun(self, job, step, len(steps))
-            failed = run.render(ModelRef.of(model), tick, notes)
+            failed = run.render(model, step_model[0] if step_model else None, tick, notes)
             notes = ()
             if failed is not None:
                 if failed.code is ErrorCode.CANCELED:
                     return JobOutcome(JobStatus.CANCELED)
                 return JobOutcome.failed(failed.code, failed.message)
         return JobOutcome(JobStatus.SUCCEEDED)
+
+    def _ready(self, model_id: str) -> Model | JobOutcome:
+        """The model, or the failure of a job that needs it (removed since the job was
+        accepted, or not ready any more)."""
+        model = self.models.get(model_id)
+        if model is not None and model.status == "ready":
+            return model
+        code = ErrorCode.MODEL_NOT_FOUND if model is None else ErrorCode.MODEL_NOT_READY
+        state = "not registered" if model is None else model.status
+        return JobOutcome.failed(code, f"model {model_id!r} is {state}")
+
+    def parents(self, job: Job, step: StepPlan, items: set[int]) -> dict[int, Parent]:
+        """The previous step's images of ``items``, which a chain step works on."""
+        parents = {}
+        for artifact in self.jobs.artifacts(job.id):
+            if artifact.step_index == step.index - 1 and artifact.item_index in items:
+                try:
+                    png = self.storage.get(artifact.key)
+                except Exception as exc:
+                    raise StorageFailed(
+                        f"reading {artifact.key} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                parents[artifact.item_index] = Parent(artifact.key, artifact.sha256, png)
+        return parents
 
     def stored_items(self, job: Job, step: StepPlan) -> set[int]:
         """Items of ``step`` a previous attempt stored; a first attempt has none."""
@@ -127,26 +157,52 @@ class _StepRun:
         self._denoised = 0  # items of this step whose denoising has finished
         self._stored = 0  # items of this step stored
         self._batch_started = time.monotonic()  # when the current micro-batch began
+        self._step_model: ModelRef | None = None
+        self._work = Stage.UPSCALING if step.type == "upscale" else Stage.DENOISING
+        self._working = False  # in the work stage yet (resampling loads nothing first)
+
+    def _log(self, message: str, stage: Stage | None = None) -> EventData:
+        return log_event(message, stage=stage, step_index=self._step.index)
 
     def render(
-        self, model: ModelRef, tick: Callable[[], Tick], notes: Sequence[EventData]
+        self,
+        model: ModelRef,
+        step_model: ModelRef | None,
+        tick: Callable[[], Tick],
+        notes: Sequence[EventData],
     ) -> Failed | None:
-        done = self._driver.stored_items(self._job, self._step)
-        items = tuple(
-            ItemToRender(i.index, i.seed) for i in self._step.items if i.index not in done
+        step = self._step
+        done = self._driver.stored_items(self._job, step)
+        todo = [i for i in step.items if i.index not in done]
+        parents = (
+            self._driver.parents(self._job, step, {i.index for i in todo}) if step.index else {}
         )
-        skipped = [log_event(f"{len(done)} item(s) already stored; skipping them")] if done else []
+        items = tuple(ItemToRender(i.index, i.seed, parents.get(i.index)) for i in todo)
+        skipped = [self._log(f"{len(done)} item(s) already stored; skipping them")] if done else []
         self._denoised = self._stored = len(done)
-        self._enter(Stage.LOADING_MODEL, f"loading model {model.id}", before=[*notes, *skipped])
+        self._step_model = step_model
+        loading = (
+            f"loading model {model.id}"
+            if step.type == "generate"
+            else f"loading model {step_model.id}"
+            if step_model is not None
+            else "resampling with Lanczos: no model to load"
+        )
+        self._enter(Stage.LOADING_MODEL, loading, before=[*notes, *skipped])
         if not items:
             return None
         request = RenderRequest(
             self._job.spec,
             model,
             items,
-            self._step.index,
-            self._step.type,
+            step.index,
+            step.type,
             max_batch=self._driver.max_batch,
+            chain_step=step.chain_step,
+            step_model=step_model,
+            width=step.width,
+            height=step.height,
+            tile_px=self._driver.tile_px,
         )
         try:
             outcome = self._driver.runner.render(request, self._relay, tick)
@@ -171,12 +227,14 @@ class _StepRun:
             if stage is not Stage.SAVING
             else self._items_progress(self._denoised)
         )
+        entered = StageData(stage=stage, progress=progress, step_index=self._step.index)
         self._writer.record(
             self._job.id,
-            [*before, StageData(stage=stage, progress=progress), log_event(message, stage=stage)],
+            [*before, entered, self._log(message, stage)],
             stage=stage.value,
             progress=progress,
         )
+        self._working = stage is self._work
         self._unsaved = None
         self._last_persist = time.monotonic()  # the figure was just written
 
@@ -189,23 +247,35 @@ class _StepRun:
             MODEL_EVICTIONS.inc(len(message.evicted))
             self._batch_started = time.monotonic()
             how = "from cache" if message.cached else "from disk"
-            spec = self._job.spec
-            ready = log_event(
+            ready = self._log(
                 f"model {message.model_id} ready ({how}, {message.seconds:.2f}s) "
                 f"on {message.device}/{message.dtype}",
-                stage=Stage.LOADING_MODEL,
+                Stage.LOADING_MODEL,
             )
-            left = len(self._step.items) - self._denoised
-            self._enter(
-                Stage.DENOISING,
-                f"denoising {left} item(s), {spec.steps} steps, {spec.width}x{spec.height}, "
-                f"in micro-batches of up to {self._driver.max_batch}",
-                before=[ready],
-            )
+            self._enter(self._work, self._describe(), before=[ready])
         elif isinstance(message, ItemRendered):
             self._store(message)
 
+    def _describe(self) -> str:
+        """What the work stage of this step does, for the job's log."""
+        step, left = self._step, len(self._step.items) - self._denoised
+        size = f"{step.width}x{step.height}"
+        link = step.chain_step
+        if isinstance(link, UpscaleStep):
+            how = f"with {self._step_model.id}" if self._step_model else "by Lanczos resampling"
+            return f"upscaling {left} item(s) x{link.scale:g} to {size} {how}"
+        if isinstance(link, RefineStep):
+            runs = refine_denoising_steps(link)
+            return f"refining {left} item(s) at {size}: strength {link.strength:g}, {runs} steps"
+        spec = self._job.spec
+        return (
+            f"denoising {left} item(s), {spec.steps} steps, {size}, "
+            f"in micro-batches of up to {self._driver.max_batch}"
+        )
+
     def _step_done(self, message: StepDone) -> None:
+        if not self._working:
+            self._enter(self._work, self._describe())
         count = len(self._step.items)
         under_way = len(message.items) * message.step / message.steps
         if message.step == message.steps:
@@ -217,7 +287,7 @@ class _StepRun:
         progress = self._items_progress(self._denoised + under_way)
         data = ProgressData(
             progress=progress,
-            stage=Stage.DENOISING,
+            stage=self._work,
             step_index=self._step.index,
             item_index=message.items[0],
             items=message.items,
@@ -270,10 +340,10 @@ class _StepRun:
             artifact,
             [
                 ArtifactData.of(artifact),
-                log_event(
+                self._log(
                     f"stored item {item.item_index} (seed {item.seed}) as {key}, "
                     f"{artifact.size_bytes} bytes",
-                    stage=Stage.SAVING,
+                    Stage.SAVING,
                 ),
             ],
             progress=progress,

@@ -78,6 +78,19 @@ class Txt2ImgRequest(BaseModel):
 
 
 class Txt2ImgOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "images": ["iVBORw0KGgoAAAANSUhEUgAA…"],
+                    "parameters": {"prompt": "puppy dog", "steps": 5},
+                    "info": '{"prompt": "puppy dog", "seed": 1234, "all_seeds": [1234], '
+                    '"steps": 5, "sampler_name": "Euler", "sd_model_hash": "3be4a1c2d0", …}',
+                }
+            ]
+        }
+    )
+
     images: list[str] = Field(description="PNG images, base64, parameters and receipt inside.")
     parameters: dict[str, Any]
     info: str = Field(description="A JSON string, as A1111 gives it.")
@@ -236,7 +249,27 @@ async def txt2img(
     )
 
 
-@router.get("/sd-models", response_model=list[SdModelOut], summary="Models (AUTOMATIC1111 API)")
+def _example(value: Any) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"application/json": {"example": value}}}}
+
+
+@router.get(
+    "/sd-models",
+    response_model=list[SdModelOut],
+    summary="Models (AUTOMATIC1111 API)",
+    responses=_example(
+        [
+            {
+                "title": "tiny-sdxl [3be4a1c2d0]",
+                "model_name": "tiny-sdxl",
+                "hash": "3be4a1c2d0",
+                "sha256": "3be4a1c2d0…",
+                "filename": "/srv/dreamforge/models/tiny-sdxl",
+                "config": None,
+            }
+        ]
+    ),
+)
 def sd_models(models: Models, _caller: Reader) -> list[SdModelOut]:
     return [
         SdModelOut(
@@ -247,12 +280,21 @@ def sd_models(models: Models, _caller: Reader) -> list[SdModelOut]:
     ]
 
 
-@router.get("/samplers", response_model=list[SamplerOut], summary="Samplers (AUTOMATIC1111 API)")
+@router.get(
+    "/samplers",
+    response_model=list[SamplerOut],
+    summary="Samplers (AUTOMATIC1111 API)",
+    responses=_example([{"name": "Euler a", "aliases": ["euler_a"], "options": {}}]),
+)
 def samplers(_caller: Reader) -> list[SamplerOut]:
     return [SamplerOut(name=name, aliases=[s.value]) for s, name in SAMPLER_NAMES.items()]
 
 
-@router.get("/options", summary="Settings (AUTOMATIC1111 API): the current model")
+@router.get(
+    "/options",
+    summary="Settings (AUTOMATIC1111 API): the current model",
+    responses=_example({"sd_model_checkpoint": "tiny-sdxl [3be4a1c2d0]"}),
+)
 def options(models: Models, default_model: DefaultModelId, _caller: Reader) -> dict[str, Any]:
     model = models.get(default_model)
     return {"sd_model_checkpoint": title(model) if model else default_model}

@@ -68,6 +68,22 @@ class ImageOut(BaseModel):
 
 
 class ImagesOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "created": 1796004000,
+                    "data": [
+                        {
+                            "url": "http://127.0.0.1:8000/v1/artifacts/jobs/7b0c…/00-generate/"
+                            "000.png?expires=1796007600&signature=5d1e…"
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     created: int = Field(description="Unix seconds.")
     data: list[ImageOut]
 
