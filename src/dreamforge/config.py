@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     )
 
     default_model_id: str = "tiny-sdxl"
+    create_default_model: bool = Field(
+        True,
+        description="Build the tiny demo model at start when the default model is missing "
+        "(it needs torch: off for the API's own image, and where models are managed).",
+    )
     hf_endpoint: str = Field(
         "https://huggingface.co",
         validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"),

@@ -172,7 +172,10 @@ class Runtime:
     def prepare(self) -> None:
         """Migrate the schema and make sure the default model exists."""
         self.db.upgrade()
-        if self.models.get(self.settings.default_model_id) is None:
+        if (
+            self.settings.create_default_model
+            and self.models.get(self.settings.default_model_id) is None
+        ):
             log.info("model.creating_default", model_id=self.settings.default_model_id)
             create_tiny_model(self.models, self.settings.models_dir, self.settings.default_model_id)
 
