@@ -20,7 +20,7 @@ from rich.table import Table
 from dreamforge import logs
 from dreamforge.cli_remote import generate, jobs_app
 from dreamforge.config import Settings
-from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
+from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
 if TYPE_CHECKING:
     from dreamforge.models.registry import ModelRegistry
@@ -197,6 +197,7 @@ def api(
 class Queue(StrEnum):
     gpu = GPU_QUEUE
     io = IO_QUEUE
+    remote = REMOTE_QUEUE
 
 
 @app.command()
@@ -324,6 +325,29 @@ def model_add(
         f"registered [bold]{model.id}[/] ({model.base}, {model.format}, "
         f"{model.size_bytes / 1e6:.1f} MB, sha256 {model.sha256[:12]}…) at {model.path}"
     )
+
+
+@model_app.command("add-remote")
+def model_add_remote(
+    model_id: Annotated[str, typer.Argument(help="The id jobs will name")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="replicate:OWNER/NAME[:VERSION], e.g. replicate:stability-ai/sdxl:7762fd07…"
+        ),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Register a model that a hosted API renders; its jobs go to `worker --queues remote`
+    (REPLICATE_API_TOKEN set there)."""
+    from dreamforge.models.formats import UnsupportedModel
+
+    _, registry = _registry(data_dir)
+    try:
+        model = registry.register_remote(model_id, source)
+    except UnsupportedModel as exc:
+        raise _refused(exc) from exc
+    console.print(f"registered [bold]{model.id}[/], rendered by {model.source}")
 
 
 @model_app.command("pull")

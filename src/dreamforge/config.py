@@ -208,6 +208,18 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(
         5, ge=1, le=20, description="Deliveries tried per webhook, with growing waits."
     )
+    replicate_api_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("REPLICATE_API_TOKEN", "replicate_api_token"),
+        description="Turns on rendering through Replicate for models registered with "
+        "`dreamforge model add-remote` (REPLICATE_API_TOKEN, as Replicate's own tools).",
+    )
+    replicate_endpoint: str = Field(
+        "https://api.replicate.com", description="Replicate's API, or a stand-in for tests."
+    )
+    remote_poll_s: float = Field(
+        1.0, gt=0, description="How often a remote prediction's state is asked for."
+    )
     cors_origins: list[str] = Field(
         [],
         description="Origins whose web pages may call the API (CORS), e.g. "
@@ -237,6 +249,7 @@ class Settings(BaseSettings):
             self.hf_token,
             self.civitai_token,
             self.webhook_secret,
+            self.replicate_api_token,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
         for url in (self.database_url, self.broker_url, self.storage_url):

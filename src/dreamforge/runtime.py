@@ -31,12 +31,13 @@ from dreamforge.events.follow import JobEvents
 from dreamforge.events.notifier import InProcessNotifier, Notifier
 from dreamforge.events.writer import JobWriter
 from dreamforge.models.pull import PullSettings
-from dreamforge.models.registry import ModelRegistry, create_tiny_model
+from dreamforge.models.registry import REMOTE_FORMAT, ModelRegistry, create_tiny_model
 from dreamforge.queue import broker as brokers
-from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
+from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 from dreamforge.queue.reaper import Reaper
 from dreamforge.queue.tasks import Tasks
 from dreamforge.runners.protocol import ModelRef, Runner
+from dreamforge.runners.replicate import ReplicateRunner
 from dreamforge.services.access import AccessService
 from dreamforge.services.artifacts import ArtifactService
 from dreamforge.services.dead_letters import DeadLetterQueue
@@ -79,8 +80,8 @@ def default_runner(settings: Settings) -> Runner:
 class _Worker:
     """What a process that runs jobs holds on to."""
 
-    runner: Runner
-    lifecycle: JobLifecycle
+    runners: list[Runner]  # the local pipeline, and the remote provider's where it runs
+    lifecycles: list[JobLifecycle]
     consumers: list[dramatiq.Worker]  # one per queue: a download never holds up a job
     reaper: Every
     garbage: Every | None = None  # retention, on io workers
@@ -116,15 +117,23 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         jobs = JobRepository(db)
         notifier = make_notifier(settings, serves_streams)
+        models = ModelRegistry(ModelRepository(db))
+
+        def queue_of(job_id: str) -> str:
+            """A hosted model's jobs go to the remote queue, every other to the gpu one."""
+            job = jobs.get(job_id)
+            model = models.get(job.spec.model_id) if job is not None else None
+            return REMOTE_QUEUE if model and model.format == REMOTE_FORMAT else GPU_QUEUE
+
         tasks = Tasks(
             brokers.make_broker(settings.broker_url, settings.redis_namespace),
             max(settings.job_time_limit_s, settings.max_job_time_limit_s),
             settings.webhook_max_attempts,
+            queue_of,
         )
         # Webhooks off (no allowed host): a job's end costs no message.
         on_done = tasks.enqueue_webhook if settings.webhook_hosts else None
         writer = JobWriter(jobs, notifier, on_done)
-        models = ModelRegistry(ModelRepository(db))
         signer = UrlSigner(settings.resolved_signing_key)
         storage = open_storage(settings, signer)
         limits = Limits(
@@ -184,7 +193,10 @@ class Runtime:
         was running when it last stopped is an orphan, and goes back to the queue."""
         self._lock_data_dir()
         self.reaper.requeue_orphans(expired_before=None)
-        self.start_worker({GPU_QUEUE, IO_QUEUE}, runner)
+        queues = {GPU_QUEUE, IO_QUEUE}
+        if self.settings.replicate_api_token is not None:
+            queues.add(REMOTE_QUEUE)
+        self.start_worker(queues, runner)
         recovered = self.reaper.send_queued()
         log.info("worker.recovered", jobs=recovered)
 
@@ -204,10 +216,40 @@ class Runtime:
                     self.jobs, self.writer, self.settings.resolved_webhook_secret
                 )
                 self.tasks.attach(deliver_webhook=sender.send)
-        runner = runner or default_runner(self.settings)
-        default = self.models.get(self.settings.default_model_id)
-        if default is not None and GPU_QUEUE in queues:
-            runner.preload(ModelRef.of(default))
+        runners: list[Runner] = []
+        lifecycles: list[JobLifecycle] = []
+        if GPU_QUEUE in queues:
+            runner = runner or default_runner(self.settings)
+            default = self.models.get(self.settings.default_model_id)
+            if default is not None and default.format != REMOTE_FORMAT:
+                runner.preload(ModelRef.of(default))
+            lifecycles.append(self._lifecycle(runner))
+            runners.append(runner)
+            self.tasks.attach(run_job=lifecycles[-1].run)
+        if REMOTE_QUEUE in queues:
+            remote = ReplicateRunner.of(self.settings)
+            lifecycles.append(self._lifecycle(remote))
+            runners.append(remote)
+            self.tasks.attach(run_remote_job=lifecycles[-1].run)
+        consumers = [brokers.consumer(self.tasks.broker, {queue}) for queue in sorted(queues)]
+        reaper = Every(
+            self.settings.reaper_interval_s,
+            lambda: self.reaper.sweep(self.settings.requeue_after_s),
+            "dreamforge-reaper",
+        )
+        garbage = None
+        if IO_QUEUE in queues and not self.retention.keeps_everything:
+            garbage = Every(self.settings.gc_interval_s, self.retention.sweep, "dreamforge-gc")
+        self._worker = _Worker(runners, lifecycles, consumers, reaper, garbage)
+        for consumer in consumers:
+            consumer.start()
+        reaper.start()
+        if garbage is not None:
+            garbage.start()
+        log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
+
+    def _lifecycle(self, runner: Runner) -> JobLifecycle:
+        """Jobs from claim to end on ``runner``."""
         driver = StepDriver(
             self.jobs,
             self.writer,
@@ -225,7 +267,7 @@ class Runtime:
             heartbeat_s=self.settings.heartbeat_s,
             time_limit_s=self.settings.job_time_limit_s,
         )
-        lifecycle = JobLifecycle(
+        return JobLifecycle(
             self.jobs,
             self.writer,
             self.notifier,
@@ -240,24 +282,6 @@ class Runtime:
                 else None
             ),
         )
-        if GPU_QUEUE in queues:
-            self.tasks.attach(run_job=lifecycle.run)
-        consumers = [brokers.consumer(self.tasks.broker, {queue}) for queue in sorted(queues)]
-        reaper = Every(
-            self.settings.reaper_interval_s,
-            lambda: self.reaper.sweep(self.settings.requeue_after_s),
-            "dreamforge-reaper",
-        )
-        garbage = None
-        if IO_QUEUE in queues and not self.retention.keeps_everything:
-            garbage = Every(self.settings.gc_interval_s, self.retention.sweep, "dreamforge-gc")
-        self._worker = _Worker(runner, lifecycle, consumers, reaper, garbage)
-        for consumer in consumers:
-            consumer.start()
-        reaper.start()
-        if garbage is not None:
-            garbage.start()
-        log.info("worker.started", worker_id=self.worker_id, queues=sorted(queues))
 
     @cached_property
     def metrics(self) -> CollectorRegistry:
@@ -286,7 +310,8 @@ class Runtime:
     def stop(self) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.lifecycle.stop()  # a job in hand goes back to the queue
+            for lifecycle in worker.lifecycles:
+                lifecycle.stop()  # a job in hand goes back to the queue
             worker.reaper.stop()
             if worker.garbage is not None:
                 worker.garbage.stop()
@@ -294,7 +319,8 @@ class Runtime:
             # stays in the queue for another worker.
             for consumer in worker.consumers:
                 consumer.stop(timeout=30_000)
-            worker.runner.stop()
+            for runner in worker.runners:
+                runner.stop()
         close = getattr(self.notifier, "close", None)
         if close is not None:
             close()

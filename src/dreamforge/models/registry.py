@@ -23,6 +23,9 @@ from dreamforge.models.formats import (
 )
 from dreamforge.store.models import ModelRepository
 
+# A model a hosted API renders: no files here.
+REMOTE_FORMAT = "remote"
+
 # Tiny models are for tests and demos: small images, few steps, so a CPU answers in a second.
 TINY_DEFAULTS = ModelDefaults(
     width=64, height=64, steps=4, guidance_scale=5.0, scheduler=Scheduler.EULER
@@ -69,6 +72,32 @@ class ModelRegistry:
                 defaults=defaults or ModelDefaults(),
                 status="ready",
                 created_at=utcnow(),
+            )
+        )
+
+    def register_remote(self, model_id: str, source: str) -> Model:
+        """A model a hosted image API renders (``replicate:OWNER/NAME[:VERSION]``): no
+        files here; its hash is the source's, so that receipts and jobs can name it."""
+        if not re.fullmatch(MODEL_ID_PATTERN, model_id):
+            raise UnsupportedModel(f"{model_id!r} is not a usable id: letters, digits, . _ -")
+        if not re.fullmatch(r"replicate:[\w.-]+/[\w.-]+(:[A-Za-z0-9]+)?", source):
+            raise UnsupportedModel(f"{source!r} is not replicate:OWNER/NAME[:VERSION]")
+        if self.get(model_id) is not None:
+            raise UnsupportedModel(f"a model {model_id!r} is registered already; pick another id")
+        return self._repository.upsert(
+            Model(
+                id=model_id,
+                source=source,
+                path="",
+                format=REMOTE_FORMAT,
+                base="sdxl",
+                sha256=hashlib.sha256(source.encode()).hexdigest(),
+                size_bytes=0,
+                files=[],
+                defaults=ModelDefaults(),
+                status="ready",
+                created_at=utcnow(),
+                provenance={"provider": source.split(":", 1)[0]},
             )
         )
 

@@ -11,7 +11,8 @@ from dramatiq.brokers.stub import StubBroker
 
 GPU_QUEUE = "gpu"
 IO_QUEUE = "io"
-QUEUES = (GPU_QUEUE, IO_QUEUE)
+REMOTE_QUEUE = "remote"  # jobs of models a hosted image API renders
+QUEUES = (GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE)
 
 
 def make_broker(url: str, namespace: str) -> dramatiq.Broker:

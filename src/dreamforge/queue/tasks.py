@@ -12,7 +12,7 @@ from typing import Any
 
 import dramatiq
 
-from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE
+from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
 JobHandler = Callable[[str], Any]
 
@@ -25,10 +25,16 @@ class Tasks:
     """``run_job`` on the gpu queue, ``download_model`` on the io queue."""
 
     def __init__(
-        self, broker: dramatiq.Broker, job_time_limit_s: float, webhook_attempts: int = 5
+        self,
+        broker: dramatiq.Broker,
+        job_time_limit_s: float,
+        webhook_attempts: int = 5,
+        queue_of: Callable[[str], str] = lambda _: GPU_QUEUE,
     ) -> None:
         self.broker = broker
+        self._queue_of = queue_of  # which queue a job goes to: by its model
         self._run_job: JobHandler | None = None
+        self._run_remote_job: JobHandler | None = None
         self._download_model: JobHandler | None = None
         self._deliver_webhook: JobHandler | None = None
         # Retries stay off: the worker ends every job itself, and the reaper re-sends jobs
@@ -40,6 +46,15 @@ class Tasks:
             queue_name=GPU_QUEUE,
             max_retries=0,
             # Dramatiq's own limit is a last resort; the worker enforces the job's.
+            time_limit=int((job_time_limit_s + 60) * 1000),
+        )
+        # The same, for models a hosted API renders: their own workers, no GPU needed.
+        self.run_remote_job: dramatiq.Actor[[str], None] = dramatiq.actor(
+            self._dispatch_run_remote_job,
+            broker=broker,
+            actor_name="run_remote_job",
+            queue_name=REMOTE_QUEUE,
+            max_retries=0,
             time_limit=int((job_time_limit_s + 60) * 1000),
         )
         # A download may take an hour: no time limit but the one its size cap implies.
@@ -70,19 +85,23 @@ class Tasks:
         run_job: JobHandler | None = None,
         download_model: JobHandler | None = None,
         deliver_webhook: JobHandler | None = None,
+        run_remote_job: JobHandler | None = None,
     ) -> None:
-        """Do the gpu queue's work (``run_job``) or the io queue's (``download_model``,
-        ``deliver_webhook``) in this process."""
+        """Do the gpu queue's work (``run_job``), the remote queue's (``run_remote_job``)
+        or the io queue's (``download_model``, ``deliver_webhook``) in this process."""
         self._run_job = run_job or self._run_job
+        self._run_remote_job = run_remote_job or self._run_remote_job
         self._download_model = download_model or self._download_model
         self._deliver_webhook = deliver_webhook or self._deliver_webhook
 
     def enqueue_job(self, job_id: str, delay_s: float = 0.0) -> None:
-        """Send the job to the gpu queue, to be taken at once or after ``delay_s``."""
+        """Send the job to its queue (gpu, or remote for a hosted model's), to be taken
+        at once or after ``delay_s``."""
+        actor = self.run_remote_job if self._queue_of(job_id) == REMOTE_QUEUE else self.run_job
         if delay_s > 0:
-            self.run_job.send_with_options(args=(job_id,), delay=int(delay_s * 1000))
+            actor.send_with_options(args=(job_id,), delay=int(delay_s * 1000))
         else:
-            self.run_job.send(job_id)
+            actor.send(job_id)
 
     def pending_job_ids(self) -> set[str] | None:
         """The jobs the broker holds messages for (waiting, delayed or being worked on);
@@ -92,9 +111,10 @@ class Tasks:
         if client is None:
             return None
         held: set[str] = set()
-        for suffix in (".msgs", ".DQ.msgs"):  # Redis keeps a body until it is acknowledged
-            for body in client.hvals(f"{self.broker.namespace}:{GPU_QUEUE}{suffix}"):
-                held.add(str(dramatiq.Message.decode(body).args[0]))
+        for queue in (GPU_QUEUE, REMOTE_QUEUE):
+            for suffix in (".msgs", ".DQ.msgs"):  # Redis keeps a body until it is acked
+                for body in client.hvals(f"{self.broker.namespace}:{queue}{suffix}"):
+                    held.add(str(dramatiq.Message.decode(body).args[0]))
         return held
 
     def enqueue_download(self, download_id: str) -> None:
@@ -105,6 +125,9 @@ class Tasks:
 
     def _dispatch_run_job(self, job_id: str) -> None:
         _handle(self._run_job, job_id, "this process runs no jobs")
+
+    def _dispatch_run_remote_job(self, job_id: str) -> None:
+        _handle(self._run_remote_job, job_id, "this process runs no remote jobs")
 
     def _dispatch_download_model(self, download_id: str) -> None:
         _handle(self._download_model, download_id, "this process runs no downloads")

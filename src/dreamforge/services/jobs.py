@@ -30,7 +30,7 @@ from dreamforge.events.writer import JobWriter
 from dreamforge.metrics import JOBS_CREATED
 from dreamforge.models.fetch import host_allowed
 from dreamforge.models.formats import UPSCALER
-from dreamforge.models.registry import ModelRegistry
+from dreamforge.models.registry import REMOTE_FORMAT, ModelRegistry
 from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
 log = structlog.get_logger(__name__)
@@ -133,6 +133,16 @@ class JobService:
     def _create(self, request: JobRequest, key: IdempotencyKey | None, tenant: str) -> Job:
         model_id = request.model_id or self._default_model_id
         model = self._ready_model(model_id, "model_id", "sdxl")
+        if model.format == REMOTE_FORMAT and request.then:
+            raise InvalidRequest(
+                [
+                    FieldProblem(
+                        "then",
+                        f"model {model_id!r} renders on a hosted API, where chains do not run",
+                        "leave out then, or name a local model",
+                    )
+                ]
+            )
         for index, step in enumerate(request.then):
             if step.model_id is not None:
                 base = UPSCALER if step.type == "upscale" else "sdxl"
