@@ -128,6 +128,16 @@ class Settings(BaseSettings):
         description="Memory for pipelines kept loaded between jobs, least recently used "
         "unloaded first; 0: 70% of the GPU, or a quarter of the memory on a CPU.",
     )
+    compile_unet: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Compile the UNet by regions, in the background (the first images of a "
+        "shape render eagerly meanwhile). auto: on CUDA only; CPU and MPS stay eager.",
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="Where compiled artifacts are kept across restarts; default: "
+        "<data dir>/compile-cache.",
+    )
     device_memory_tolerance_bytes: int = Field(
         128 * 2**20,
         ge=0,
@@ -265,6 +275,10 @@ class Settings(BaseSettings):
             running_jobs=own.get("running_jobs", self.quota_running_jobs),
             images_per_day=own.get("images_per_day", self.quota_images_per_day),
         )
+
+    @property
+    def resolved_compile_cache_dir(self) -> Path:
+        return self.compile_cache_dir or Path(self.data_dir) / "compile-cache"
 
     @property
     def running_limits(self) -> bool:

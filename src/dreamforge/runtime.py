@@ -73,7 +73,11 @@ def make_notifier(settings: Settings, serves_streams: bool) -> Notifier:
 def default_runner(settings: Settings) -> Runner:
     from dreamforge.runners.process import SdxlProcessRunner  # the child imports torch
 
-    return SdxlProcessRunner(memory_budget_bytes=settings.resident_models_bytes or None)
+    return SdxlProcessRunner(
+        memory_budget_bytes=settings.resident_models_bytes or None,
+        compile_unet=settings.compile_unet,
+        compile_cache_dir=str(settings.resolved_compile_cache_dir),
+    )
 
 
 @dataclass

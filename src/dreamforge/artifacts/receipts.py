@@ -53,6 +53,7 @@ class Receipt(BaseModel):
     step_model: ModelReceipt | None = Field(
         None, description="The model this chain step ran: the upscaler, or refine's own."
     )
+    compiled: bool = Field(False, description="Denoised by the compiled UNet, not eagerly.")
 
 
 def a1111_parameters(receipt: Receipt) -> str:

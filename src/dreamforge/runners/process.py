@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import select
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -38,19 +40,25 @@ def _child_main(
     cancel: Event,
     device: str | None,
     memory_budget_bytes: int | None,
+    compile_unet: str = "off",
+    compile_cache_dir: str | None = None,
 ) -> None:
+    if compile_cache_dir:  # read by inductor when torch is imported, just below
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{compile_cache_dir}/inductor"
     from dreamforge.runners.device import InsufficientMemory, select_device
     from dreamforge.runners.sdxl import Canceled, DeviceFull, ModelUnusable, SdxlRunner
 
     choice = select_device(device)
-    runner = SdxlRunner(choice, memory_budget_bytes)
+    compiling = compile_unet == "on" or (compile_unet == "auto" and choice.device.type == "cuda")
+    artifacts = Path(compile_cache_dir) / "artifacts.bin" if compile_cache_dir else None
+    runner = SdxlRunner(choice, memory_budget_bytes, compiling, artifacts)
     while True:
         try:
             request = conn.recv()
         except (EOFError, KeyboardInterrupt):
-            return
+            break
         if request is None:
-            return
+            break
         failed: tuple[ErrorCode, str] | None = None
         try:
             runner.run(request, conn.send, cancel.is_set)
@@ -68,6 +76,10 @@ def _child_main(
         # Measured once the failure's traceback (and the activations it holds) is gone.
         memory = runner.report()
         conn.send(Finished(memory) if failed is None else Failed(*failed, memory))
+    if runner.compiled is not None:
+        # A compile under way is of no use now: exit without waiting for its thread.
+        conn.close()
+        os._exit(0)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -79,9 +91,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class SdxlProcessRunner:
     """The SDXL runner in a child process (see the module docstring)."""
 
-    def __init__(self, device: str | None = None, memory_budget_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        memory_budget_bytes: int | None = None,
+        compile_unet: str = "off",
+        compile_cache_dir: str | None = None,
+    ) -> None:
         self._device = device
         self._memory_budget_bytes = memory_budget_bytes
+        self._compile = (compile_unet, compile_cache_dir)
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
@@ -105,7 +124,7 @@ class SdxlProcessRunner:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
             target=_child_main,
-            args=(child, self._cancel, self._device, self._memory_budget_bytes),
+            args=(child, self._cancel, self._device, self._memory_budget_bytes, *self._compile),
             name="dreamforge-runner",
             daemon=True,
         )

@@ -135,8 +135,16 @@ class Failed:
     memory: DeviceMemory | None = None
 
 
+@dataclass(frozen=True)
+class RunnerNote:
+    """Something the runner did on its own between requests (a background compile),
+    told with the next request."""
+
+    message: str
+
+
 Outcome = Finished | Failed
-RunnerMessage = ModelLoaded | StepDone | ItemRendered | Finished | Failed
+RunnerMessage = ModelLoaded | StepDone | ItemRendered | RunnerNote | Finished | Failed
 
 
 class Tick(Enum):

@@ -28,6 +28,7 @@ from dreamforge import __version__
 from dreamforge.artifacts.receipts import Receipt, encode_png
 from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.jobs import JobSpec, Scheduler
+from dreamforge.runners.compiled import CompiledUnets, Shape
 from dreamforge.runners.device import (
     DeviceChoice,
     allocated_memory,
@@ -47,6 +48,7 @@ from dreamforge.runners.protocol import (
     ModelRef,
     RenderRequest,
     RunnerMessage,
+    RunnerNote,
     StepDone,
 )
 from dreamforge.runners.resident import Resident, ResidentPipelines
@@ -99,8 +101,15 @@ def library_versions() -> dict[str, str]:
 
 
 class SdxlRunner:
-    def __init__(self, device: DeviceChoice, memory_budget_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        device: DeviceChoice,
+        memory_budget_bytes: int | None = None,
+        compile_unet: bool = False,
+        compile_artifacts: Path | None = None,
+    ) -> None:
         self._device = device
+        self.compiled = CompiledUnets(compile_artifacts) if compile_unet else None
         budget = memory_budget_bytes or default_budget(device)
         self._resident = ResidentPipelines(budget)
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
@@ -266,6 +275,8 @@ class SdxlRunner:
         """
         pipe, scheduler_config, loaded = self._load(request.model)
         emit(loaded)
+        for note in self.compiled.take_notes() if self.compiled else []:
+            emit(RunnerNote(note))
         spec = request.spec
         if spec is None:
             return
@@ -286,7 +297,9 @@ class SdxlRunner:
                 while pending:
                     batch = tuple(pending[:size])
                     try:
-                        images = self._denoise(pipe, spec, batch, send, should_cancel)
+                        images, compiled = self._denoise(
+                            request.model, pipe, spec, batch, send, should_cancel
+                        )
                     except torch.OutOfMemoryError as exc:
                         if size == 1:
                             raise DeviceFull(self._oom_figures(spec)) from exc
@@ -296,6 +309,7 @@ class SdxlRunner:
                     del pending[: len(batch)]
                     for item, image in zip(batch, images, strict=True):
                         receipt = self._receipt(request, item, loaded.device, loaded.dtype)
+                        receipt = receipt.model_copy(update={"compiled": compiled})
                         encoded.append(encoder.submit(_encode_and_send, image, item, receipt, send))
             finally:
                 for future in encoded:
@@ -316,6 +330,27 @@ class SdxlRunner:
         )
 
     def _denoise(
+        self,
+        model: ModelRef,
+        pipe: StableDiffusionXLPipeline,
+        spec: JobSpec,
+        batch: tuple[ItemToRender, ...],
+        send: Callable[[RunnerMessage], None],
+        should_cancel: Callable[[], bool],
+    ) -> tuple[list[Image.Image], bool]:
+        """The batch's images, and whether the compiled UNet made them."""
+        if self.compiled is None:
+            return self._pipe_call(pipe, spec, batch, send, should_cancel), False
+        shape = Shape(spec.width, spec.height, len(batch), spec.guidance_scale > 1)
+        eager = pipe.unet
+        with self.compiled.unet_for(model.id, model.sha256, pipe, shape) as (unet, compiled):
+            pipe.unet = unet
+            try:
+                return self._pipe_call(pipe, spec, batch, send, should_cancel), compiled
+            finally:
+                pipe.unet = eager
+
+    def _pipe_call(
         self,
         pipe: StableDiffusionXLPipeline,
         spec: JobSpec,

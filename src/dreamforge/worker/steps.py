@@ -38,6 +38,7 @@ from dreamforge.runners.protocol import (
     RenderRequest,
     Runner,
     RunnerMessage,
+    RunnerNote,
     StepDone,
     Tick,
 )
@@ -255,6 +256,8 @@ class _StepRun:
             self._enter(self._work, self._describe(), before=[ready])
         elif isinstance(message, ItemRendered):
             self._store(message)
+        elif isinstance(message, RunnerNote):
+            self._writer.record(self._job.id, [self._log(message.message)])
 
     def _describe(self) -> str:
         """What the work stage of this step does, for the job's log."""

@@ -1,0 +1,160 @@
+"""UNets compiled by regions (diffusers' ``compile_repeated_blocks``: one transformer
+block compiled and reused) in the background, so that the first image of a shape never
+waits for the compiler.
+
+A job of a shape with no compiled graph yet is denoised eagerly while a thread compiles
+and warms a twin of the model's UNet for that shape: the twin shares the UNet's weights
+(no second copy on the device) and has its own compiled blocks. From then on, jobs of
+that shape use the twin. Compiled artifacts go to a cache on disk (inductor's, and
+``torch.compiler.save_cache_artifacts``), so that a restarted worker does not compile
+again from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a compiled graph is specialised to: a change of any of these recompiles."""
+
+    width: int
+    height: int
+    batch: int
+    guided: bool  # classifier-free guidance doubles the UNet's batch
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height} x{self.batch}{' (guided)' if self.guided else ''}"
+
+
+@dataclass
+class _Twin:
+    sha256: str
+    unet: Any
+    lock: threading.Lock  # the twin runs one thing at a time: a job, or a warm-up
+    shapes: set[Shape]
+    pending: set[Shape]
+
+
+def shared_twin(unet: torch.nn.Module) -> Any:
+    """A copy of ``unet``'s modules holding the very same weight tensors."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
+    return copy.deepcopy(unet, memo)
+
+
+class CompiledUnets:
+    def __init__(self, artifacts: Path | None = None) -> None:
+        self._artifacts = artifacts
+        self._twins: dict[str, _Twin] = {}
+        self._lock = threading.Lock()
+        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="dreamforge-compile")
+        self._futures: list[Future[None]] = []
+        self._notes: list[str] = []  # what finished since they were last taken
+        if artifacts is not None and artifacts.is_file():
+            torch.compiler.load_cache_artifacts(artifacts.read_bytes())
+
+    def take_notes(self) -> list[str]:
+        with self._lock:
+            notes, self._notes = self._notes, []
+            return notes
+
+    def wait(self) -> None:
+        """Until every compile asked for so far has finished (tests, benchmarks)."""
+        for future in list(self._futures):
+            future.result()
+
+    @contextmanager
+    def unet_for(
+        self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
+    ) -> Iterator[tuple[Any, bool]]:
+        """The compiled twin if it is warm for ``shape`` and free, else the eager UNet
+        (and a warm-up for the shape is started); and whether it is the compiled one."""
+        with self._lock:
+            twin = self._twins.get(model_id)
+            if twin is None or twin.sha256 != sha256:
+                twin = _Twin(sha256, None, threading.Lock(), set(), set())
+                self._twins[model_id] = twin
+            warm = shape in twin.shapes
+            if not warm and shape not in twin.pending:
+                twin.pending.add(shape)
+                self._futures.append(self._compiler.submit(self._warm_up, twin, pipe, shape))
+        if warm and twin.lock.acquire(blocking=False):
+            try:
+                yield twin.unet, True
+            finally:
+                twin.lock.release()
+            return
+        yield pipe.unet, False
+
+    def _warm_up(self, twin: _Twin, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
+        started = time.perf_counter()
+        before = _graphs()
+        with twin.lock:
+            if twin.unet is None:
+                twin.unet = shared_twin(pipe.unet)
+                twin.unet.compile_repeated_blocks(fullgraph=True)
+            # Its own scheduler: the job thread's is in use; the rest only computes.
+            scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+            warm = StableDiffusionXLPipeline(
+                **{**pipe.components, "unet": twin.unet, "scheduler": scheduler}
+            )
+            warm.set_progress_bar_config(disable=True)
+            with torch.inference_mode():
+                warm(
+                    prompt=["warm-up"] * shape.batch,
+                    width=shape.width,
+                    height=shape.height,
+                    num_inference_steps=2,
+                    guidance_scale=5.0 if shape.guided else 1.0,
+                    output_type="latent",
+                )
+        seconds = time.perf_counter() - started
+        if self._artifacts is not None:
+            saved = torch.compiler.save_cache_artifacts()
+            if saved is not None:
+                self._artifacts.parent.mkdir(parents=True, exist_ok=True)
+                self._artifacts.write_bytes(saved[0])
+        with self._lock:
+            twin.shapes.add(shape)
+            twin.pending.discard(shape)
+            self._notes.append(
+                f"UNet compiled for {shape} in {seconds:.1f}s in the background "
+                f"({_graphs() - before}); images of that shape use it from now"
+            )
+
+    def stop(self) -> None:
+        self._compiler.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    """Graphs inductor compiled, and took from its on-disk cache instead, so far."""
+
+    compiled: int
+    cached: int
+
+    def __sub__(self, other: _Graphs) -> _Graphs:
+        return _Graphs(self.compiled - other.compiled, self.cached - other.cached)
+
+    def __str__(self) -> str:
+        return f"{self.compiled} graphs compiled, {self.cached} from the cache"
+
+
+def _graphs() -> _Graphs:
+    from torch._dynamo.utils import counters
+
+    found = counters["inductor"]
+    return _Graphs(int(found["fxgraph_cache_miss"]), int(found["fxgraph_cache_hit"]))

@@ -1,0 +1,101 @@
+"""The compiled runner on the CPU with the tiny model (compile works here too; only the
+speed needs a GPU, bench/gpu_runner.py). The first image of a shape never waits for the
+compiler; once the background compile is done, that shape runs compiled, with the eager
+pixels to within a level; a restarted worker takes its graphs from the cache on disk."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamforge.artifacts.receipts import read_receipt
+from dreamforge.runners.device import select_device
+from dreamforge.runners.process import SdxlProcessRunner
+from dreamforge.runners.protocol import (
+    ItemRendered,
+    ItemToRender,
+    ModelRef,
+    RenderRequest,
+    RunnerMessage,
+    RunnerNote,
+    Tick,
+)
+from dreamforge.runners.sdxl import SdxlRunner
+from tests.helpers import tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+def pixels(png: bytes) -> np.ndarray:  # type: ignore[type-arg]
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def model_of(path: Path) -> ModelRef:
+    return ModelRef("tiny", str(path), "diffusers", "0" * 64, "test")
+
+
+SPEC = tiny_spec(steps=3, seed=5, item_seeds=(5,))
+
+
+def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    runner = SdxlRunner(
+        select_device("cpu"), compile_unet=True, compile_artifacts=tmp_path / "a.bin"
+    )
+    assert runner.compiled is not None
+    request = RenderRequest(SPEC, model_of(tiny_model_dir), (ItemToRender(0, 5),))
+
+    def render() -> list[RunnerMessage]:
+        out: list[RunnerMessage] = []
+        runner.generate(request, out.append, bool)
+        return out
+
+    first = render()  # the compile of its shape starts now, on another thread
+    runner.compiled.wait()
+    second = render()
+    notes = [m.message for m in second if isinstance(m, RunnerNote)]
+    assert len(notes) == 1 and "UNet compiled for 64x64 x1 (guided)" in notes[0], notes
+    eager, compiled = (
+        next(m for m in out if isinstance(m, ItemRendered)) for out in (first, second)
+    )
+    assert read_receipt(eager.png).compiled is False
+    assert read_receipt(compiled.png).compiled is True
+    # Measured here: the same seed, eager and compiled, differ by at most a level.
+    assert np.abs(pixels(eager.png) - pixels(compiled.png)).max() <= 2
+    assert (tmp_path / "a.bin").is_file()
+    runner.compiled.stop()
+
+
+def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    def a_worker_life() -> list[str]:
+        runner = SdxlProcessRunner(
+            "cpu", compile_unet="on", compile_cache_dir=str(tmp_path / "cache")
+        )
+        request = RenderRequest(SPEC, model_of(tiny_model_dir), (ItemToRender(0, 5),))
+        notes: list[str] = []
+
+        def keep(message: RunnerMessage) -> None:
+            if isinstance(message, RunnerNote):
+                notes.append(message.message)
+
+        try:
+            runner.render(request, keep, lambda: Tick.CONTINUE)  # starts the compile
+            while not notes:  # the note comes with a later request, once compiled
+                runner.render(request, keep, lambda: Tick.CONTINUE)
+        finally:
+            runner.stop()
+        return notes
+
+    cold, warm = a_worker_life(), a_worker_life()
+    compiled, cached = (
+        re.search(r"\((\d+) graphs compiled, (\d+) from", n[0]) for n in (cold, warm)
+    )
+    assert compiled is not None and int(compiled[1]) > 0, cold
+    assert cached is not None and int(cached[1]) == 0 and int(cached[2]) > 0, warm
