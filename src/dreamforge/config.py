@@ -128,6 +128,18 @@ class Settings(BaseSettings):
         description="Memory for pipelines kept loaded between jobs, least recently used "
         "unloaded first; 0: 70% of the GPU, or a quarter of the memory on a CPU.",
     )
+    batch_across_jobs: bool = Field(
+        True,
+        description="Denoise queued jobs of the same model, size, steps, sampler and "
+        "guidance together, up to DREAMFORGE_MAX_BATCH_SIZE items (a job may opt out).",
+    )
+    batch_window_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="How long a worker waits for jobs to batch with before it starts; "
+        "0: it takes what is queued now. No job waits longer than this for a batch.",
+    )
     compile_unet: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Compile the UNet by regions, in the background (the first images of a "

@@ -285,6 +285,9 @@ class Runtime:
                 if self.settings.running_limits
                 else None
             ),
+            batch_window_s=self.settings.batch_window_s
+            if self.settings.batch_across_jobs
+            else None,
         )
 
     @cached_property

@@ -139,6 +139,12 @@ class JobRequest(BaseModel):
     model_id: str | None = Field(
         None, pattern=MODEL_ID_PATTERN, description="Default: the server's model."
     )
+    share_batch: bool = Field(
+        True,
+        description="May be denoised in one device batch with other jobs of the same "
+        "model, size, steps, sampler and guidance (faster on a GPU; each keeps its own "
+        "seeds, events, images and cancel); false renders it on its own.",
+    )
     then: list[ChainStep] = Field(
         [],
         max_length=MAX_CHAIN,
@@ -178,6 +184,18 @@ class JobSpec(BaseModel):
     then: tuple[UpscaleStep | RefineStep, ...] = Field(
         (), description="The chain after generate, refine steps' blanks filled."
     )
+    share_batch: bool = True
+
+    def batches_with(self, other: JobSpec) -> bool:
+        """Whether the two jobs' items can be denoised in one device batch."""
+        shape = ("model_id", "width", "height", "steps", "scheduler", "guidance_scale")
+        return (
+            self.share_batch
+            and other.share_batch
+            and not self.then
+            and not other.then
+            and all(getattr(self, name) == getattr(other, name) for name in shape)
+        )
 
     def seeds(self) -> tuple[int, ...]:
         """Each item's seed (jobs stored before batches have ``seed`` alone)."""
@@ -231,6 +249,7 @@ def resolve_spec(
         count=request.count,
         item_seeds=seeds,
         time_limit_s=request.time_limit_s,
+        share_batch=request.share_batch,
         then=resolve_chain(
             request.then,
             request.prompt,

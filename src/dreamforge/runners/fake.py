@@ -223,7 +223,7 @@ class FakeRunner:
                     return failed
             image = fake_image(item.seed, spec.width, spec.height)
             receipt = receipt_for(request, item, {"dreamforge": __version__}, "fake", "uint8")
-            self.rendered.append((spec.prompt, item.seed))
+            self.rendered.append(((item.spec or spec).prompt, item.seed))
             if trouble_at(Where.STEP, item.index) is Trouble.LEAK:
                 self.device.leaked_bytes += self.device.working_bytes
             self.device.working_bytes = 0

@@ -37,11 +37,11 @@ def receipt_for(
     assert request.spec is not None
     parent = item.parent
     return Receipt(
-        spec=request.spec,
+        spec=item.spec or request.spec,
         seed=item.seed,
         step_index=request.step_index,
         step_type=request.step_type,
-        item_index=item.index,
+        item_index=item.index if item.item_index is None else item.item_index,
         model=_model_receipt(request.model),
         versions=versions,
         device=device,

@@ -48,6 +48,10 @@ class ItemToRender:
     index: int
     seed: int
     parent: Parent | None = None  # chain steps only
+    # Rendered beside other jobs' items: its own job's spec (prompts, receipt) and its
+    # index there; ``index`` is then its place in the shared request.
+    spec: JobSpec | None = None
+    item_index: int | None = None
 
 
 @dataclass(frozen=True)

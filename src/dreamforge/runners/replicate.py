@@ -156,7 +156,7 @@ class ReplicateRunner:
         tick: Callable[[], Tick],
     ) -> Failed | None:
         assert request.spec is not None
-        spec = request.spec
+        spec = item.spec or request.spec  # an item batched with other jobs' has its own
         name, version = parse_source(request.model.source)
         inputs = {
             "prompt": spec.prompt,

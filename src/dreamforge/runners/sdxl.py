@@ -371,9 +371,12 @@ class SdxlRunner:
         # One CPU generator per item: an item's noise depends on its seed alone, on every
         # device and in every micro-batch, so item i of a batch is item i rendered alone.
         generators = [torch.Generator(device="cpu").manual_seed(item.seed) for item in batch]
+        # Items of other jobs in the same batch bring their own prompts.
+        specs = [item.spec or spec for item in batch]
+        negatives = [s.negative_prompt for s in specs]
         images: list[Image.Image] = pipe(
-            prompt=[spec.prompt] * len(batch),
-            negative_prompt=[spec.negative_prompt] * len(batch) if spec.negative_prompt else None,
+            prompt=[s.prompt for s in specs],
+            negative_prompt=negatives if any(negatives) else None,
             width=spec.width,
             height=spec.height,
             num_inference_steps=spec.steps,

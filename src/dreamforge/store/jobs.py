@@ -482,6 +482,21 @@ class JobRepository:
         with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(query)]
 
+    def never_run(self, limit: int, skip: str) -> list[Job]:
+        """Queued jobs that no worker has tried yet, oldest first (batch companions)."""
+        query = (
+            select(jobs)
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                jobs.c.attempts == 0,
+                jobs.c.id != skip,
+            )
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._db.reading() as connection:
+            return [_job(row) for row in connection.execute(query)]
+
     def usage(self, tenant: str, since: datetime) -> Usage:
         """The tenant's jobs queued now, and the images its jobs created since ``since``
         asked for (jobs from before batches count one)."""

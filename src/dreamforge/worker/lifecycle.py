@@ -89,6 +89,7 @@ class JobLifecycle:
         device_tolerance_bytes: int = 128 * 2**20,
         running_quota: Callable[[str], int] | None = None,
         quota_wait_s: float = 2.0,
+        batch_window_s: float | None = None,
     ) -> None:
         self._jobs = jobs
         self._writer = writer
@@ -102,6 +103,8 @@ class JobLifecycle:
         # None when no tenant's running jobs are limited: a claim then needs no read first.
         self._running_quota = running_quota
         self._quota_wait_s = quota_wait_s
+        # None: every job renders on its own; else how long to wait for batch companions.
+        self._batch_window_s = batch_window_s
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -123,7 +126,34 @@ class JobLifecycle:
                 (job.started_at - job.created_at).total_seconds()
             )
         with bound_job(job.id, job.tenant):
+            companions = self._companions(job)
+            if companions:
+                return self._hold_together([job, *companions], owner)
             return self._hold(job, owner)
+
+    def _companions(self, job: Job) -> list[Job]:
+        """Queued jobs to denoise with ``job`` in one device batch, claimed for this
+        worker: of its shape, never run before, oldest first, as many items as the
+        device batch holds. None when batching is off or the job cannot share."""
+        room = self._driver.max_batch - job.spec.count
+        if self._batch_window_s is None or job.attempts > 1 or room <= 0:
+            return []
+        if not job.spec.batches_with(job.spec):
+            return []
+        if self._batch_window_s:
+            time.sleep(self._batch_window_s)  # the most any job waits to be batched
+        claimed: list[Job] = []
+        for other in self._jobs.never_run(limit=50, skip=job.id):
+            if other.spec.count > room or not job.spec.batches_with(other.spec):
+                continue
+            limit = self._running_limit(other.id)
+            taken = self._writer.claim(
+                other.id, self._settings.worker_id, self._settings.lease_s, limit
+            )
+            if taken is not None:
+                claimed.append(taken)
+                room -= taken.spec.count
+        return claimed
 
     def _running_limit(self, job_id: str) -> tuple[str, int] | None:
         """The job's tenant and how many of its jobs may run, if that is limited."""
@@ -190,6 +220,69 @@ class JobLifecycle:
         elapsed_s = time.monotonic() - watch.started
         STAGE_SECONDS.labels("job").observe(elapsed_s)
         return self._finish(job, outcome, elapsed_s, notes)
+
+    def _hold_together(self, jobs: list[Job], owner: str) -> JobStatus | None:
+        """``_hold`` for jobs denoised in one batch: each with its own lease, cancel,
+        time limit and end; the leader's status."""
+        watches = {job.id: _Watch() for job in jobs}
+        by_id = {job.id: job for job in jobs}
+        ended: dict[str, JobStatus | None] = {}
+        others = len(jobs) - 1
+        notes = {
+            job.id: [
+                log_event(
+                    f"started on worker {owner}, attempt {job.attempts}, in one device batch "
+                    f"with {others} other job(s) of the same shape",
+                    stage="claimed",
+                    attempt=job.attempts,
+                )
+            ]
+            for job in jobs
+        }
+
+        def end(job_id: str, outcome: JobOutcome | None) -> None:
+            job, watch = by_id[job_id], watches[job_id]
+            with bound_job(job.id, job.tenant):
+                if outcome is None:  # killed: its time limit ran out, or its lease went
+                    outcome = (
+                        JobOutcome.failed(
+                            ErrorCode.TIMEOUT,
+                            f"the job ran past its limit of {self._limit(job):g}s",
+                        )
+                        if watch.timed_out
+                        else None
+                    )
+                if outcome is None:
+                    ended[job_id] = self._requeue(job) if self._stopping.is_set() else None
+                    return
+                elapsed_s = time.monotonic() - watch.started
+                STAGE_SECONDS.labels("job").observe(elapsed_s)
+                ended[job_id] = self._finish(job, outcome, elapsed_s)
+
+        ticks = {job.id: (lambda job=job: self._tick(job, watches[job.id])) for job in jobs}
+        outcomes: dict[str, JobOutcome | None]
+        try:
+            outcomes = self._driver.drive_together(jobs, ticks, notes, end)
+        except RunnerCrashed as exc:
+            outcomes = {
+                job.id: self._after_crash(job, watches[job.id], exc)
+                for job in jobs
+                if job.id not in ended
+            }
+        except Exception as exc:  # every job must end, whatever broke
+            logger.exception("job.crashed", job_id=jobs[0].id)
+            failed = JobOutcome.failed(_code_of(exc), f"{type(exc).__name__}: {exc}")
+            outcomes = {job.id: failed for job in jobs if job.id not in ended}
+        finally:
+            for job in jobs:
+                self._notifier.forget_cancel(job.id)
+        self._hygiene.check(jobs[0].id, jobs[0].stage)
+        for job_id, outcome in outcomes.items():
+            if outcome is None:
+                ended[job_id] = self._requeue(by_id[job_id]) if self._stopping.is_set() else None
+            else:
+                end(job_id, outcome)
+        return ended.get(jobs[0].id)
 
     def _after_crash(self, job: Job, watch: _Watch, exc: RunnerCrashed) -> JobOutcome | None:
         """The outcome of a runner that died or was killed; ``None`` when the job is not

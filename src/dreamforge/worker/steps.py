@@ -9,9 +9,10 @@ job run twice stores each image once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dreamforge.artifacts.keys import artifact_key
@@ -34,6 +35,7 @@ from dreamforge.runners.protocol import (
     ItemToRender,
     ModelLoaded,
     ModelRef,
+    Outcome,
     Parent,
     RenderRequest,
     Runner,
@@ -109,6 +111,85 @@ class StepDriver:
                 return JobOutcome.failed(failed.code, failed.message)
         return JobOutcome(JobStatus.SUCCEEDED)
 
+    def drive_together(
+        self,
+        jobs: Sequence[Job],
+        ticks: Mapping[str, Callable[[], Tick]],
+        notes: Mapping[str, Sequence[EventData]],
+        leave: Callable[[str, JobOutcome | None], None],
+    ) -> dict[str, JobOutcome | None]:
+        """Jobs of one shape (``JobSpec.batches_with``; generate only, never run before)
+        denoised in shared micro-batches, each with its own seeds, prompts, events,
+        images and receipts. A job whose tick says cancel (or kill: its time limit, its
+        lease) leaves at the next step: ``leave`` ends it at once, its images still to
+        come are dropped, and the others go on. The outcome of each job that stayed;
+        raises ``RunnerCrashed``."""
+        model = self._ready(jobs[0].spec.model_id)
+        if isinstance(model, JobOutcome):
+            for job in jobs:
+                self.writer.record(job.id, notes.get(job.id, ()))
+            return {job.id: model for job in jobs}
+        ref = ModelRef.of(model)
+        runs: dict[str, _StepRun] = {}
+        place: list[tuple[str, int]] = []  # the shared request's items: (job, its item)
+        items: list[ItemToRender] = []
+        for job in jobs:
+            (step,) = plan_steps(job.spec)
+            runs[job.id] = _StepRun(self, job, step, 1)
+            for item in runs[job.id].begin(ref, None, notes.get(job.id, ())):
+                place.append((job.id, item.index))
+                items.append(
+                    ItemToRender(len(items), item.seed, spec=job.spec, item_index=item.index)
+                )
+        gone: set[str] = set()
+
+        def relay(message: RunnerMessage) -> None:
+            if isinstance(message, StepDone):
+                for job_id, run in runs.items():
+                    mine = tuple(place[i][1] for i in message.items if place[i][0] == job_id)
+                    if mine and job_id not in gone:
+                        run.relay(StepDone(mine, message.step, message.steps))
+            elif isinstance(message, ItemRendered):
+                job_id, local = place[message.item_index]
+                if job_id not in gone:
+                    runs[job_id].relay(dataclasses.replace(message, item_index=local))
+            else:
+                for job_id, run in runs.items():
+                    if job_id not in gone:
+                        run.relay(message)
+
+        def tick() -> Tick:
+            for job_id, job_tick in ticks.items():
+                if job_id in gone:
+                    continue
+                decision = job_tick()
+                if decision is Tick.CONTINUE:
+                    continue
+                gone.add(job_id)
+                runs[job_id].flush()
+                canceled = decision is Tick.CANCEL
+                leave(job_id, JobOutcome(JobStatus.CANCELED) if canceled else None)
+            return Tick.CANCEL if len(gone) == len(runs) else Tick.CONTINUE
+
+        request = runs[jobs[0].id].request(ref, None, tuple(items))
+        try:
+            outcome = self.runner.render(request, relay, tick)
+        finally:
+            for run in runs.values():
+                run.flush()
+        results: dict[str, JobOutcome | None] = {}
+        for job_id, run in runs.items():
+            if job_id in gone:
+                continue
+            failed = run.end(outcome)
+            if failed is None:
+                results[job_id] = JobOutcome(JobStatus.SUCCEEDED)
+            elif failed.code is ErrorCode.CANCELED:
+                results[job_id] = JobOutcome(JobStatus.CANCELED)
+            else:
+                results[job_id] = JobOutcome.failed(failed.code, failed.message)
+        return results
+
     def _ready(self, model_id: str) -> Model | JobOutcome:
         """The model, or the failure of a job that needs it (removed since the job was
         accepted, or not ready any more)."""
@@ -172,6 +253,20 @@ class _StepRun:
         tick: Callable[[], Tick],
         notes: Sequence[EventData],
     ) -> Failed | None:
+        items = self.begin(model, step_model, notes)
+        if not items:
+            return None
+        request = self.request(model, step_model, items)
+        try:
+            outcome = self._driver.runner.render(request, self.relay, tick)
+        finally:
+            self.flush()
+        return self.end(outcome)
+
+    def begin(
+        self, model: ModelRef, step_model: ModelRef | None, notes: Sequence[EventData]
+    ) -> tuple[ItemToRender, ...]:
+        """Enter the step (its loading stage, with ``notes``); the items left to render."""
         step = self._step
         done = self._driver.stored_items(self._job, step)
         todo = [i for i in step.items if i.index not in done]
@@ -190,9 +285,13 @@ class _StepRun:
             else "resampling with Lanczos: no model to load"
         )
         self._enter(Stage.LOADING_MODEL, loading, before=[*notes, *skipped])
-        if not items:
-            return None
-        request = RenderRequest(
+        return items
+
+    def request(
+        self, model: ModelRef, step_model: ModelRef | None, items: tuple[ItemToRender, ...]
+    ) -> RenderRequest:
+        step = self._step
+        return RenderRequest(
             self._job.spec,
             model,
             items,
@@ -205,11 +304,15 @@ class _StepRun:
             height=step.height,
             tile_px=self._driver.tile_px,
         )
-        try:
-            outcome = self._driver.runner.render(request, self._relay, tick)
-        finally:
-            if self._unsaved is not None:  # the last figure, whatever happened
-                self._driver.jobs.set_progress(self._job.id, self._unsaved)
+
+    def flush(self) -> None:
+        """Write the last progress figure, whatever happened."""
+        if self._unsaved is not None:
+            self._driver.jobs.set_progress(self._job.id, self._unsaved)
+            self._unsaved = None
+
+    def end(self, outcome: Outcome) -> Failed | None:
+        """The step's failure, with which items were kept; ``None`` when it finished."""
         if isinstance(outcome, Failed) and outcome.code is not ErrorCode.CANCELED:
             # Finished items are kept; say which are and which are not.
             missing = len(self._step.items) - self._stored
@@ -239,7 +342,7 @@ class _StepRun:
         self._unsaved = None
         self._last_persist = time.monotonic()  # the figure was just written
 
-    def _relay(self, message: RunnerMessage) -> None:
+    def relay(self, message: RunnerMessage) -> None:
         if isinstance(message, StepDone):
             self._step_done(message)
         elif isinstance(message, ModelLoaded):

@@ -1,0 +1,102 @@
+"""Jobs of one shape denoised together in one device batch, on the fake runner: each keeps
+its own seeds, prompt, events, images, receipt and cancel; a job that opts out, or of
+another shape, renders alone; nothing is rendered twice."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dreamforge.artifacts.receipts import read_receipt
+from dreamforge.config import Settings
+from dreamforge.runners.fake import FakeRunner
+from tests.conftest import ApiThread, free_port, register_tiny
+from tests.helpers import read_stream, submit, wait_for
+from tests.test_lifecycle import FakeServer
+
+_names = (f"batched {i}" for i in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
+    """One worker, batches of up to 6 items, and a blocker job to queue the rest behind."""
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("batching"), port=free_port(), max_batch_size=6
+    )  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    runner = FakeRunner(step_s=0.01)
+    with (
+        ApiThread(settings, run_worker=True, runner=runner) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        yield FakeServer(client, runner, api.runtime)
+
+
+def behind_a_blocker(fake: FakeServer, *specs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Submit ``specs`` while the worker is busy, so that they wait in the queue together."""
+    blocker = submit(fake.client, prompt=next(_names), steps=40, width=72, share_batch=False)
+    read_stream(fake.client, blocker["id"], until=lambda e: e.data.get("step", 0) >= 1)
+    jobs = [submit(fake.client, **spec) for spec in specs]
+    wait_for(fake.client, blocker["id"], {"succeeded"})
+    return jobs
+
+
+def test_jobs_of_one_shape_share_a_batch_and_keep_their_own_everything(fake: FakeServer) -> None:
+    prompts = [next(_names) for _ in range(3)]
+    jobs = behind_a_blocker(
+        fake,
+        {"prompt": prompts[0], "count": 2, "seed": 10, "steps": 3},
+        {"prompt": prompts[1], "count": 1, "seed": 20, "steps": 3},
+        {"prompt": prompts[2], "count": 2, "seed": 30, "steps": 3},
+    )
+    for job, prompt, seed in zip(jobs, prompts, (10, 20, 30), strict=True):
+        events = read_stream(fake.client, job["id"], timeout=30)
+        assert events[-1].data["status"] == "succeeded"
+        logs = [e.data["message"] for e in events if e.type == "log"]
+        assert any("in one device batch with 2 other job(s)" in m for m in logs), logs
+        listed = fake.client.get(job["links"]["artifacts"]).json()["data"]
+        assert [a["item_index"] for a in listed] == list(range(job["spec"]["count"]))
+        for artifact in listed:
+            receipt = read_receipt(fake.client.get(artifact["url"]).content)
+            assert receipt.spec.prompt == prompt and receipt.seed == seed + artifact["item_index"]
+            assert receipt.item_index == artifact["item_index"]
+    # One render request for the three jobs (the leader's), each image rendered once,
+    # with its own job's prompt and seed.
+    assert [fake.runner.renders[p] for p in prompts] == [1, 0, 0]
+    rendered = [r for r in fake.runner.rendered if r[0] in prompts]
+    assert sorted(rendered) == sorted(
+        [(prompts[0], 10), (prompts[0], 11), (prompts[1], 20), (prompts[2], 30), (prompts[2], 31)]
+    )
+
+
+def test_a_job_that_opts_out_or_differs_renders_alone(fake: FakeServer) -> None:
+    jobs = behind_a_blocker(
+        fake,
+        {"prompt": next(_names), "steps": 3},
+        {"prompt": next(_names), "steps": 3, "share_batch": False},
+        {"prompt": next(_names), "steps": 4},
+    )
+    for job in jobs:
+        logs = [e.data["message"] for e in read_stream(fake.client, job["id"]) if e.type == "log"]
+        assert not any("device batch" in m for m in logs), logs
+
+
+def test_a_canceled_job_leaves_the_batch_and_the_others_finish(fake: FakeServer) -> None:
+    first, second = behind_a_blocker(
+        fake,
+        {"prompt": next(_names), "steps": 120, "seed": 1},
+        {"prompt": next(_names), "steps": 120, "seed": 2},
+    )
+    read_stream(fake.client, first["id"], until=lambda e: e.data.get("step", 0) >= 3)
+    fake.client.post(first["links"]["cancel"])
+    canceled = wait_for(fake.client, first["id"], {"canceled"}, timeout=10)
+    running = fake.client.get(second["links"]["self"]).json()
+    assert running["status"] == "running", "the other job goes on without it"
+    assert wait_for(fake.client, second["id"], {"succeeded"}, timeout=60)["status"] == "succeeded"
+    assert canceled["finished_at"] < fake.client.get(second["links"]["self"]).json()["finished_at"]
+    assert fake.client.get(first["links"]["artifacts"]).json()["data"] == []
