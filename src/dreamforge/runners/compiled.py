@@ -1,13 +1,18 @@
 """UNets compiled by regions (diffusers' ``compile_repeated_blocks``: one transformer
-block compiled and reused) in the background, so that the first image of a shape never
-waits for the compiler.
+block compiled and reused), so that the first image of a shape never waits for the
+compiler.
 
-A job of a shape with no compiled graph yet is denoised eagerly while a thread compiles
-and warms a twin of the model's UNet for that shape: the twin shares the UNet's weights
-(no second copy on the device) and has its own compiled blocks. From then on, jobs of
-that shape use the twin. Compiled artifacts go to a cache on disk (inductor's, and
-``torch.compiler.save_cache_artifacts``), so that a restarted worker does not compile
-again from scratch.
+A job of a shape with no compiled graph yet is denoised eagerly; once its request is
+done, a thread compiles and warms a twin of the model's UNet for that shape: the twin
+shares the UNet's weights (no second copy on the device) and has its own compiled
+blocks. From then on, jobs of that shape use the twin. Compiled artifacts go to a cache
+on disk (inductor's, and ``torch.compiler.save_cache_artifacts``), so that a restarted
+worker does not compile again from scratch.
+
+Compiling and running modules at the same time is not safe in torch (its tracer patches
+``Module.__call__`` for every thread while it traces), so a compile and a denoise never
+overlap: a job that arrives while a compile runs waits for it (once per shape, and
+seconds when the graphs come from the cache).
 """
 
 from __future__ import annotations
@@ -44,9 +49,8 @@ class Shape:
 class _Twin:
     sha256: str
     unet: Any
-    lock: threading.Lock  # the twin runs one thing at a time: a job, or a warm-up
-    shapes: set[Shape]
-    pending: set[Shape]
+    shapes: set[Shape]  # warm: compiled for these
+    pending: set[Shape]  # asked for, not warm yet
 
 
 def shared_twin(unet: torch.nn.Module) -> Any:
@@ -59,7 +63,9 @@ class CompiledUnets:
     def __init__(self, artifacts: Path | None = None) -> None:
         self._artifacts = artifacts
         self._twins: dict[str, _Twin] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the bookkeeping
+        self._running = threading.Lock()  # held by a denoise or a compile, never both
+        self._wanted: list[tuple[_Twin, StableDiffusionXLPipeline, Shape]] = []
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="dreamforge-compile")
         self._futures: list[Future[None]] = []
         self._notes: list[str] = []  # what finished since they were last taken
@@ -80,29 +86,36 @@ class CompiledUnets:
     def unet_for(
         self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
     ) -> Iterator[tuple[Any, bool]]:
-        """The compiled twin if it is warm for ``shape`` and free, else the eager UNet
-        (and a warm-up for the shape is started); and whether it is the compiled one."""
+        """The compiled twin if it is warm for ``shape``, else the eager UNet (and the
+        shape is wanted: ``compile_wanted`` starts it); and whether it is the compiled one."""
         with self._lock:
             twin = self._twins.get(model_id)
             if twin is None or twin.sha256 != sha256:
-                twin = _Twin(sha256, None, threading.Lock(), set(), set())
+                twin = _Twin(sha256, None, set(), set())
                 self._twins[model_id] = twin
             warm = shape in twin.shapes
             if not warm and shape not in twin.pending:
                 twin.pending.add(shape)
+                self._wanted.append((twin, pipe, shape))
+        with self._running:
+            yield (twin.unet, True) if warm else (pipe.unet, False)
+
+    def exclusive(self) -> threading.Lock:
+        """Held while other modules run (refine, upscalers): no compile meanwhile."""
+        return self._running
+
+    def compile_wanted(self) -> None:
+        """Start compiling the shapes asked for so far (call it once a request is done:
+        its later micro-batches must not wait behind the compile)."""
+        with self._lock:
+            wanted, self._wanted = self._wanted, []
+            for twin, pipe, shape in wanted:
                 self._futures.append(self._compiler.submit(self._warm_up, twin, pipe, shape))
-        if warm and twin.lock.acquire(blocking=False):
-            try:
-                yield twin.unet, True
-            finally:
-                twin.lock.release()
-            return
-        yield pipe.unet, False
 
     def _warm_up(self, twin: _Twin, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
         started = time.perf_counter()
         before = _graphs()
-        with twin.lock:
+        with self._running:
             if twin.unet is None:
                 twin.unet = shared_twin(pipe.unet)
                 twin.unet.compile_repeated_blocks(fullgraph=True)

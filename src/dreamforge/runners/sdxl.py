@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ class SdxlRunner:
             model.id, seconds, cached, str(device.device), device.dtype_name, evicted
         )
 
+    def _exclusive(self) -> AbstractContextManager[Any]:
+        """No background compile while modules run here (see runners/compiled.py)."""
+        return self.compiled.exclusive() if self.compiled else nullcontext()
+
     def _scheduler(self, model_id: str, name: Scheduler, config: Any) -> Any:
         # Schedulers reset themselves in set_timesteps, so one instance per model and kind
         # serves every job, and building one (sigma tables) stays off the hot path.
@@ -214,7 +219,8 @@ class SdxlRunner:
                     if should_cancel():
                         raise Canceled
 
-                image = upscale_tiled(upscaler, image, request.tile_px, on_tile)
+                with self._exclusive():
+                    image = upscale_tiled(upscaler, image, request.tile_px, on_tile)
             else:
                 emit(StepDone((item.index,), 1, 1))
             image = lanczos(image, request.width, request.height)
@@ -247,16 +253,17 @@ class SdxlRunner:
                     raise Canceled
                 return kwargs
 
-            image: Image.Image = img2img(
-                prompt=step.prompt,
-                negative_prompt=step.negative_prompt or None,
-                image=parent_image(item),
-                strength=step.strength,
-                num_inference_steps=step.steps,
-                guidance_scale=step.guidance_scale,
-                generator=torch.Generator(device="cpu").manual_seed(item.seed),
-                callback_on_step_end=on_step_end,
-            ).images[0]
+            with self._exclusive():
+                image: Image.Image = img2img(
+                    prompt=step.prompt,
+                    negative_prompt=step.negative_prompt or None,
+                    image=parent_image(item),
+                    strength=step.strength,
+                    num_inference_steps=step.steps,
+                    guidance_scale=step.guidance_scale,
+                    generator=torch.Generator(device="cpu").manual_seed(item.seed),
+                    callback_on_step_end=on_step_end,
+                ).images[0]
             receipt = self._receipt(request, item, loaded.device, loaded.dtype)
             _encode_and_send(image, item, receipt, emit)
 
@@ -314,6 +321,8 @@ class SdxlRunner:
             finally:
                 for future in encoded:
                     future.result()  # every finished image is sent, whatever happens next
+                if self.compiled is not None:
+                    self.compiled.compile_wanted()
 
     def _oom_figures(self, spec: JobSpec) -> str:
         settle(self._device)
