@@ -164,7 +164,8 @@ def test_jobs_waiting_in_a_healthy_backlog_are_not_sent_twice(
     job's message, so none is sent again (each extra send would be a wasted delivery)."""
     settings = distributed_settings(port=free_port(), **FAST_RECOVERY)
     with api_and_worker(settings, tiny_model_dir, tmp_path) as client:
-        ids = [submit(client, steps=30, seed=i)["id"] for i in range(8)]
+        # Each renders on its own (no batch across jobs), so that the backlog lasts.
+        ids = [submit(client, steps=30, seed=i, share_batch=False)["id"] for i in range(8)]
         finished = [wait_for(client, job_id, {"succeeded"}, timeout=180) for job_id in ids]
     log = (tmp_path / "worker.log").read_text()
     assert [j["attempts"] for j in finished] == [1] * 8

@@ -142,16 +142,15 @@ class SdxlRunner:
                     model.path, dtype=self._device.dtype, local_files_only=True
                 )
             else:
-                pipe = StableDiffusionXLPipeline.from_pretrained(
-                    model.path, dtype=self._device.dtype, local_files_only=True
-                )
+                pipe = self._from_folder(model)
         except Exception as exc:
             # diffusers' own message names internals; the user needs to know which model.
             raise ModelUnusable(
                 f"model {model.id} could not be loaded ({type(exc).__name__}); run "
                 f"`dreamforge model verify {model.id}`"
             ) from exc
-        pipe = pipe.to(self._device.device)
+        if not getattr(pipe, "hf_device_map", None):  # placed as it was read: no .to()
+            pipe = pipe.to(self._device.device)
         pipe.set_progress_bar_config(disable=True)
         scheduler_config = pipe.scheduler.config
         self._resident.add(model.id, Resident(model.sha256, pipe, scheduler_config, size))
@@ -159,6 +158,19 @@ class SdxlRunner:
         self._baseline = allocated_memory(self._device)  # what the loaded pipelines hold
         others = tuple(e for e in evicted if e != model.id)
         return pipe, scheduler_config, self._loaded(model, started, cached=False, evicted=others)
+
+    def _from_folder(self, model: ModelRef) -> StableDiffusionXLPipeline:
+        """A diffusers folder; on CUDA, each weight goes to the device as it is read (no
+        whole copy in host memory first), where this diffusers can."""
+        options: dict[str, Any] = {"dtype": self._device.dtype, "local_files_only": True}
+        if self._device.device.type == "cuda":
+            try:
+                return StableDiffusionXLPipeline.from_pretrained(
+                    model.path, device_map="cuda", **options
+                )
+            except (TypeError, ValueError, NotImplementedError):
+                pass  # an older diffusers: load, then move
+        return StableDiffusionXLPipeline.from_pretrained(model.path, **options)
 
     def _loaded(
         self, model: ModelRef, started: float, cached: bool, evicted: tuple[str, ...] = ()
