@@ -5,7 +5,10 @@ another shape, renders alone; nothing is rendered twice."""
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +103,28 @@ def test_a_canceled_job_leaves_the_batch_and_the_others_finish(fake: FakeServer)
     assert wait_for(fake.client, second["id"], {"succeeded"}, timeout=60)["status"] == "succeeded"
     assert canceled["finished_at"] < fake.client.get(second["links"]["self"]).json()["finished_at"]
     assert fake.client.get(first["links"]["artifacts"]).json()["data"] == []
+
+
+def test_a_worker_waits_its_window_for_companions_and_no_longer(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, port=free_port(), max_batch_size=6, batch_window_s=1.5)  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    with (
+        ApiThread(settings, run_worker=True, runner=FakeRunner(step_s=0.01)) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        first = submit(client, prompt="early", steps=3)
+        time.sleep(0.5)  # within the window: it joins the first job's batch
+        second = submit(client, prompt="in time", steps=3)
+        done = [wait_for(client, job["id"], {"succeeded"}) for job in (first, second)]
+        for job in done:
+            log = client.get(job["links"]["logs"]).text
+            assert "in one device batch with 1 other job(s)" in log, log
+        alone = submit(client, prompt="late", steps=3)  # nobody comes: it starts after the window
+        job = wait_for(client, alone["id"], {"succeeded"})
+        lines = [json.loads(line) for line in client.get(job["links"]["logs"]).text.splitlines()]
+        assert not any("device batch" in line["message"] for line in lines)
+        (started,) = [line for line in lines if line["message"].startswith("started on worker")]
+        waited = datetime.fromisoformat(started["ts"]) - datetime.fromisoformat(job["created_at"])
+        assert 1.4 <= waited.total_seconds() < 5, waited  # the window, and not much more

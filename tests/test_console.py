@@ -222,3 +222,39 @@ def test_with_keys_on_it_asks_for_one_and_fits_a_phone(
             assert js(browser, "return document.documentElement.scrollWidth <= window.innerWidth")
         finally:
             browser.set_window_size(1280, 1000)
+
+
+def test_a_model_pulled_from_the_console_shows_its_progress_then_its_entry(
+    tmp_path: Path, tiny_model_dir: Path, browser: WebDriver
+) -> None:
+    from tests.hubs import CivitaiVersion, FakeCivitai, LocalHttpServer
+    from tests.test_downloads import checkpoint
+
+    civitai = FakeCivitai()
+    port: list[int] = []
+    hub = LocalHttpServer(civitai.app(port))
+    port.append(hub.port)
+    civitai.add(
+        CivitaiVersion(31, 2, "Console XL.safetensors", checkpoint(tmp_path, 200_000), seconds=3.0)
+    )
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), civitai_endpoint=hub.url)  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    with hub, ApiThread(settings, run_worker=True, runner=FakeRunner()) as api:
+        browser.get(f"{api.url}/#/models")
+        until(lambda: "tiny-sdxl" in browser.find_element(By.ID, "models-rows").text, what="models")
+        browser.find_element(By.CSS_SELECTOR, "#pull-form input[name=source]").send_keys(
+            "civitai:31"
+        )
+        browser.find_element(By.CSS_SELECTOR, "#pull-form button[type=submit]").click()
+        until(
+            lambda: js(browser, "return [...document.querySelectorAll('#downloads progress')]"
+                                ".some(p => p.value > 0 && p.value < p.max)"),
+            what="a download part-way",
+        )  # fmt: skip
+        browser.save_screenshot(str(SHOTS / "download.png"))
+        until(
+            lambda: "console-xl" in browser.find_element(By.ID, "models-rows").text,
+            timeout=60,
+            what="the new model",
+        )
+        assert "succeeded" in browser.find_element(By.ID, "downloads").text
