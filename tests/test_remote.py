@@ -116,11 +116,9 @@ def test_a_refusal_fails_the_job_and_an_outage_is_retried(
     assert job["status"] == "succeeded" and job["attempts"] == 2
     assert replicate.refused_creates == 1
 
-    unipc = submit(client, prompt="x", model_id=REMOTE, scheduler="unipc", width=64, height=64)
-    job = wait_for(client, unipc["id"], {"failed", "succeeded"}, 60)
-    assert (
-        job["error"]["code"] == "PROVIDER_ERROR" and "no unipc sampler" in job["error"]["message"]
-    )
+    unipc = client.post("/v1/jobs", json={"prompt": "x", "model_id": REMOTE, "scheduler": "unipc"})
+    assert unipc.status_code == 422 and unipc.json()["errors"][0]["field"] == "scheduler"
+    assert "euler_a" in unipc.json()["errors"][0]["fix"]
 
     chained = client.post(
         "/v1/jobs", json={"prompt": "x", "model_id": REMOTE, "then": [{"type": "upscale"}]}

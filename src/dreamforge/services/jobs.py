@@ -31,6 +31,7 @@ from dreamforge.metrics import JOBS_CREATED
 from dreamforge.models.fetch import host_allowed
 from dreamforge.models.formats import UPSCALER
 from dreamforge.models.registry import REMOTE_FORMAT, ModelRegistry
+from dreamforge.runners.replicate import SCHEDULERS as REMOTE_SCHEDULERS
 from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
 log = structlog.get_logger(__name__)
@@ -151,6 +152,16 @@ class JobService:
             request, model_id, model.defaults, lambda: secrets.randbelow(MAX_SEED + 1)
         )
         problems = check_limits(spec, self._limits)
+        if model.format == REMOTE_FORMAT and spec.scheduler not in REMOTE_SCHEDULERS:
+            offered = ", ".join(s.value for s in REMOTE_SCHEDULERS)
+            problems.append(
+                FieldProblem(
+                    "scheduler",
+                    f"model {model_id!r} renders on Replicate, which has no "
+                    f"{spec.scheduler.value} sampler",
+                    f"use one of: {offered}",
+                )
+            )
         if request.webhook_url and not host_allowed(request.webhook_url, self._webhook_hosts):
             allowed = ", ".join(self._webhook_hosts) or "none: webhooks are off on this server"
             problems.append(
