@@ -99,3 +99,26 @@ def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_pa
     )
     assert compiled is not None and int(compiled[1]) > 0, cold
     assert cached is not None and int(cached[1]) == 0 and int(cached[2]) > 0, warm
+
+
+def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path) -> None:
+    """Compiled sizes are 1, 2, 4, 8…: three items pad to four, and only three come back."""
+    runner = SdxlRunner(select_device("cpu"), compile_unet=True)
+    assert runner.compiled is not None
+    spec = tiny_spec(steps=2, count=4, item_seeds=(1, 2, 3, 4))
+    model = model_of(tiny_model_dir)
+
+    def render(count: int) -> list[ItemRendered]:
+        items = tuple(ItemToRender(i, 1 + i) for i in range(count))
+        out: list[RunnerMessage] = []
+        runner.generate(RenderRequest(spec, model, items, max_batch=4), out.append, bool)
+        return [m for m in out if isinstance(m, ItemRendered)]
+
+    eager = render(4)  # compiles the 4-item shape once it is done
+    runner.compiled.wait()
+    three = render(3)
+    assert [m.item_index for m in three] == [0, 1, 2]
+    assert all(read_receipt(m.png).compiled for m in three)
+    for got, want in zip(three, eager, strict=False):
+        assert np.abs(pixels(got.png) - pixels(want.png)).max() <= 2
+    runner.compiled.stop()

@@ -53,6 +53,11 @@ class _Twin:
     pending: set[Shape]  # asked for, not warm yet
 
 
+def bucket_size(items: int) -> int:
+    """The compiled batch size that holds ``items``: the next power of two."""
+    return 1 << max(items - 1, 0).bit_length()
+
+
 def shared_twin(unet: torch.nn.Module) -> Any:
     """A copy of ``unet``'s modules holding the very same weight tensors."""
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}

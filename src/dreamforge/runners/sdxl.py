@@ -29,7 +29,7 @@ from dreamforge import __version__
 from dreamforge.artifacts.receipts import Receipt, encode_png
 from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.jobs import JobSpec, Scheduler
-from dreamforge.runners.compiled import CompiledUnets, Shape
+from dreamforge.runners.compiled import CompiledUnets, Shape, bucket_size
 from dreamforge.runners.device import (
     DeviceChoice,
     allocated_memory,
@@ -317,7 +317,7 @@ class SdxlRunner:
                     batch = tuple(pending[:size])
                     try:
                         images, compiled = self._denoise(
-                            request.model, pipe, spec, batch, send, should_cancel
+                            request.model, pipe, spec, batch, send, should_cancel, size
                         )
                     except torch.OutOfMemoryError as exc:
                         if size == 1:
@@ -358,18 +358,27 @@ class SdxlRunner:
         batch: tuple[ItemToRender, ...],
         send: Callable[[RunnerMessage], None],
         should_cancel: Callable[[], bool],
+        most: int = 1,
     ) -> tuple[list[Image.Image], bool]:
-        """The batch's images, and whether the compiled UNet made them."""
+        """The batch's images, and whether the compiled UNet made them.
+
+        Compiled graphs are kept for batches of 1, 2, 4, 8… items: a batch of 3 runs
+        compiled as a batch of 4, the extra item a copy whose image is dropped (on a GPU
+        that waits on kernel launches it costs next to nothing), so that a new batch size
+        rarely means a new compile; never past ``most``, what the device holds."""
         if self.compiled is None:
             return self._pipe_call(pipe, spec, batch, send, should_cancel), False
-        shape = Shape(spec.width, spec.height, len(batch), spec.guidance_scale > 1)
+        bucket = min(bucket_size(len(batch)), max(most, len(batch)))
+        shape = Shape(spec.width, spec.height, bucket, spec.guidance_scale > 1)
         eager = pipe.unet
         with self.compiled.unet_for(model.id, model.sha256, pipe, shape) as (unet, compiled):
+            padded = batch + (batch[-1],) * (bucket - len(batch)) if compiled else batch
             pipe.unet = unet
             try:
-                return self._pipe_call(pipe, spec, batch, send, should_cancel), compiled
+                images = self._pipe_call(pipe, spec, padded, send, should_cancel, len(batch))
             finally:
                 pipe.unet = eager
+        return images[: len(batch)], compiled
 
     def _pipe_call(
         self,
@@ -378,8 +387,11 @@ class SdxlRunner:
         batch: tuple[ItemToRender, ...],
         send: Callable[[RunnerMessage], None],
         should_cancel: Callable[[], bool],
+        real: int | None = None,
     ) -> list[Image.Image]:
-        indexes = tuple(item.index for item in batch)
+        """The images of ``batch``; only its first ``real`` items are reported (the rest
+        pad it to a compiled size)."""
+        indexes = tuple(item.index for item in batch[:real])
 
         def on_step_end(
             _pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]
