@@ -29,7 +29,7 @@ from tests.test_deploy import SETTING_NAMES, assert_dreamforge_command
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["k3s", "production"]
+OVERLAYS = ["k3s", "production", "production-replicate"]
 KUBERNETES = "1.32.0"
 
 
@@ -91,11 +91,21 @@ def test_every_container_runs_a_real_command_with_real_settings(overlay: str) ->
     values = {**config["data"], **secrets}
     settings = Settings(**{k.removeprefix("DREAMFORGE_").lower(): v for k, v in values.items()})
     assert settings.resolved_storage_url.startswith("s3://") and not settings.create_default_model
+    # Settings some tools know by their own names (REPLICATE_API_TOKEN, HF_TOKEN…).
+    aliases = {
+        choice.upper()
+        for field in Settings.model_fields.values()
+        for choice in getattr(field.validation_alias, "choices", [])
+        if isinstance(choice, str)
+    }
     for name, spec in pod_specs(objects).items():
         for container in spec["containers"]:
             assert_dreamforge_command(container["args"], name)
             sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
             assert sources == {"dreamforge-config", "dreamforge-secrets"}, name
+            for variable in container.get("env", []):
+                assert variable["name"] in SETTING_NAMES | aliases, (name, variable["name"])
+                assert "value" not in variable, "secrets come from Secrets, by reference"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
