@@ -20,7 +20,7 @@ from dreamforge.config import Settings
 from dreamforge.runners.fake import FakeRunner
 from tests.conftest import ApiThread, free_port, register_tiny
 from tests.helpers import read_stream, submit, wait_for
-from tests.test_lifecycle import FakeServer
+from tests.test_lifecycle import FakeServer, serving_fake
 
 _names = (f"batched {i}" for i in itertools.count())
 
@@ -28,16 +28,11 @@ _names = (f"batched {i}" for i in itertools.count())
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
     """One worker, batches of up to 6 items, and a blocker job to queue the rest behind."""
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("batching"), port=free_port(), max_batch_size=6
-    )  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    runner = FakeRunner(step_s=0.01)
-    with (
-        ApiThread(settings, run_worker=True, runner=runner) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
-        yield FakeServer(client, runner, api.runtime)
+    data_dir = tmp_path_factory.mktemp("batching")
+    with serving_fake(
+        data_dir, tiny_model_dir, FakeRunner(step_s=0.01), max_batch_size=6
+    ) as server:
+        yield server
 
 
 def behind_a_blocker(fake: FakeServer, *specs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,15 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dreamforge.artifacts.receipts import read_receipt
-from dreamforge.config import Settings
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
-from tests.conftest import ApiThread, free_port, register_tiny
 from tests.helpers import durable, read_stream, submit, wait_for
-from tests.test_lifecycle import FakeServer
+from tests.test_lifecycle import FakeServer, serving_fake
 
 CHAIN = [{"type": "upscale", "scale": 2}, {"type": "refine", "strength": 0.5, "steps": 4}]
 _names = (f"chain {i}" for i in itertools.count())
@@ -27,20 +24,15 @@ _names = (f"chain {i}" for i in itertools.count())
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("chains"),
-        port=free_port(),
+    with serving_fake(
+        tmp_path_factory.mktemp("chains"),
+        tiny_model_dir,
+        FakeRunner(step_s=0.005),
         max_output_side=512,
         retry_backoff_s=0.05,
         retry_max_backoff_s=0.05,
-    )  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    runner = FakeRunner(step_s=0.005)
-    with (
-        ApiThread(settings, run_worker=True, runner=runner) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
-        yield FakeServer(client, runner, api.runtime)
+    ) as server:
+        yield server
 
 
 def artifacts(fake: FakeServer, job: dict[str, Any]) -> list[dict[str, Any]]:

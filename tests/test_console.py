@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
@@ -26,7 +25,7 @@ from dreamforge.domain.access import Scope
 from dreamforge.runners.fake import FakeRunner
 from tests.conftest import ApiThread, free_port, register_tiny, unavailable
 from tests.helpers import submit, wait_for
-from tests.test_lifecycle import FakeServer
+from tests.test_lifecycle import FakeServer, serving_fake
 
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "console"
 T = TypeVar("T")
@@ -35,14 +34,10 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
     """The embedded profile on the fake runner, 10 ms a step: slow enough to watch."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("console"), port=free_port())  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    runner = FakeRunner(step_s=0.01)
-    with (
-        ApiThread(settings, run_worker=True, runner=runner) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
-        yield FakeServer(client, runner, api.runtime)
+    with serving_fake(
+        tmp_path_factory.mktemp("console"), tiny_model_dir, FakeRunner(step_s=0.01)
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +46,35 @@ class FakeServer:
     runtime: Runtime
 
 
+@contextmanager
+def serving_fake(
+    data_dir: Path, tiny_model_dir: Path, runner: FakeRunner, **settings: Any
+) -> Iterator[FakeServer]:
+    """The embedded profile on ``runner``, the tiny model registered, on a port of its
+    own, with ``settings`` over the defaults."""
+    config = Settings(data_dir=data_dir, port=free_port(), **settings)
+    register_tiny(config.resolved_database_url, tiny_model_dir)
+    with (
+        ApiThread(config, run_worker=True, runner=runner) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        yield FakeServer(client, runner, api.runtime)
+
+
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
     """The embedded profile on the fake runner, 10 ms a step, with a 2 s job time limit
     and retries 50-100 ms apart."""
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("fake"),
-        port=free_port(),
+    with serving_fake(
+        tmp_path_factory.mktemp("fake"),
+        tiny_model_dir,
+        FakeRunner(step_s=0.01, plans=PLANS),
         job_time_limit_s=2.0,
         sse_ping_s=1.0,
         retry_backoff_s=0.1,
         retry_max_backoff_s=0.1,
-    )  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    runner = FakeRunner(step_s=0.01, plans=PLANS)
-    with (
-        ApiThread(settings, run_worker=True, runner=runner) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
-        yield FakeServer(client, runner, api.runtime)
+    ) as server:
+        yield server
 
 
 def finished(client: httpx.Client, prompt: str, **spec: Any) -> tuple[dict[str, Any], list[Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -43,19 +45,22 @@ ApiKey = Annotated[
 ]
 
 
-def _client(url: str | None, api_key: str | None) -> Client:
-    return Client(url or _local_url(), api_key, timeout=60)
-
-
-def _fail(exc: Exception, url: str) -> typer.Exit:
-    if isinstance(exc, ApiError):
+@contextmanager
+def _server(url: str | None, api_key: str | None) -> Iterator[Client]:
+    """A client of the server; a refusal or no answer ends the command with what to do."""
+    where = url or _local_url()
+    try:
+        with Client(where, api_key, timeout=60) as forge:
+            yield forge
+    except ApiError as exc:
         errors.print(f"[red]refused:[/red] {exc}")
-    else:
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
         errors.print(
-            f"[red]no Dream Forge answering at {url}[/red] ({exc}); start one with "
+            f"[red]no Dream Forge answering at {where}[/red] ({exc}); start one with "
             "`scripts/serve`, or say where with --url or DREAMFORGE_URL"
         )
-    return typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def _size(value: str | None) -> tuple[int | None, int | None]:
@@ -116,10 +121,9 @@ def generate(
         count=count,
         **{name: value for name, value in chosen.items() if value is not None},
     )
-    forge = _client(url, api_key)
     job_id = None
     try:
-        with forge:
+        with _server(url, api_key) as forge:
             job = forge.submit(request)
             job_id = job.id
             console.print(
@@ -146,12 +150,10 @@ def generate(
                 console.print(f"saved {path}")
     except KeyboardInterrupt:
         if job_id is not None:
-            with _client(url, api_key) as again:
+            with _server(url, api_key) as again:
                 again.cancel(job_id)
             errors.print(f"canceled job {job_id}")
         raise typer.Exit(130) from None
-    except (ApiError, httpx.TransportError) as exc:
-        raise _fail(exc, url or _local_url()) from None
 
 
 @jobs_app.command("list")
@@ -163,11 +165,8 @@ def jobs_list(
     api_key: ApiKey = None,
 ) -> None:
     """Jobs, newest first."""
-    try:
-        with _client(url, api_key) as forge:
-            page = forge.jobs(status, limit, cursor)
-    except (ApiError, httpx.TransportError) as exc:
-        raise _fail(exc, url or _local_url()) from None
+    with _server(url, api_key) as forge:
+        page = forge.jobs(status, limit, cursor)
     table = Table("id", "status", "progress", "images", "created", "prompt")
     for job in page.data:
         table.add_row(
@@ -186,11 +185,8 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
     """The job, as JSON."""
-    try:
-        with _client(url, api_key) as forge:
-            console.print_json(forge.job(job_id).model_dump_json())
-    except (ApiError, httpx.TransportError) as exc:
-        raise _fail(exc, url or _local_url()) from None
+    with _server(url, api_key) as forge:
+        console.print_json(forge.job(job_id).model_dump_json())
 
 
 def _log_line(event: Event) -> str:
@@ -209,26 +205,20 @@ def jobs_logs(
     api_key: ApiKey = None,
 ) -> None:
     """The job's log; with --follow, new lines as they come, until it ends."""
-    try:
-        with _client(url, api_key) as forge:
-            lines = forge.logs(job_id, tail)
-            for event in lines:
-                console.print(_log_line(event), markup=False, highlight=False)
-            if follow:
-                last = lines[-1].seq if lines else None
-                for event in forge.events(job_id, last_event_id=last):
-                    if event.type is EventType.LOG:
-                        console.print(_log_line(event), markup=False, highlight=False)
-    except (ApiError, httpx.TransportError) as exc:
-        raise _fail(exc, url or _local_url()) from None
+    with _server(url, api_key) as forge:
+        lines = forge.logs(job_id, tail)
+        for event in lines:
+            console.print(_log_line(event), markup=False, highlight=False)
+        if follow:
+            last = lines[-1].seq if lines else None
+            for event in forge.events(job_id, last_event_id=last):
+                if event.type is EventType.LOG:
+                    console.print(_log_line(event), markup=False, highlight=False)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
     """Cancel a job: at once if it waits, at the next step if it runs."""
-    try:
-        with _client(url, api_key) as forge:
-            job = forge.cancel(job_id)
-    except (ApiError, httpx.TransportError) as exc:
-        raise _fail(exc, url or _local_url()) from None
+    with _server(url, api_key) as forge:
+        job = forge.cancel(job_id)
     console.print(f"job {job.id}: {job.status.value}")

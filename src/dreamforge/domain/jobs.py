@@ -186,14 +186,17 @@ class JobSpec(BaseModel):
     )
     share_batch: bool = True
 
+    @property
+    def shareable(self) -> bool:
+        """Whether its items may be denoised beside other jobs' (generate only)."""
+        return self.share_batch and not self.then
+
     def batches_with(self, other: JobSpec) -> bool:
         """Whether the two jobs' items can be denoised in one device batch."""
         shape = ("model_id", "width", "height", "steps", "scheduler", "guidance_scale")
         return (
-            self.share_batch
-            and other.share_batch
-            and not self.then
-            and not other.then
+            self.shareable
+            and other.shareable
             and all(getattr(self, name) == getattr(other, name) for name in shape)
         )
 

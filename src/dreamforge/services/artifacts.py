@@ -41,18 +41,16 @@ class ArtifactService:
     def content(self, artifact: Artifact) -> bytes:
         return self._storage.get(artifact.key)
 
-    def tenant_of(self, artifact: Artifact) -> str | None:
-        job = self._jobs.get(artifact.job_id)
-        return job.tenant if job else None
-
-    def open(self, key: str, expires: int, signature: str) -> tuple[Artifact, bytes]:
-        """The artifact and its bytes, for a URL this API signed and that has not expired."""
+    def open(self, key: str, expires: int, signature: str) -> tuple[Artifact, str, bytes]:
+        """The artifact, its job's tenant and its bytes, for a URL this API signed and that
+        has not expired."""
         if not self._signer.verify(key, expires, signature):
             raise Forbidden(
                 "the URL's signature is invalid or it has expired; "
                 "list the job's artifacts again for a fresh URL"
             )
-        artifact = self._jobs.artifact_by_key(key)
-        if artifact is None or not self._storage.exists(key):
+        found = self._jobs.artifact_by_key(key)
+        if found is None or not self._storage.exists(key):
             raise NotFound("artifact", key)
-        return artifact, self._storage.get(key)
+        artifact, tenant = found
+        return artifact, tenant, self._storage.get(key)

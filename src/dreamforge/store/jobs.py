@@ -569,7 +569,17 @@ class JobRepository:
         with self._db.connection() as connection:
             return connection.execute(statement.values(dead_lettered_at=None)).rowcount
 
-    def artifact_by_key(self, key: str) -> Artifact | None:
+    def artifact_by_key(self, key: str) -> tuple[Artifact, str] | None:
+        """The artifact stored under ``key``, and its job's tenant."""
+        query = (
+            select(artifacts, jobs.c.tenant)
+            .join(jobs, jobs.c.id == artifacts.c.job_id)
+            .where(artifacts.c.key == key)
+        )
         with self._db.reading() as connection:
-            row = connection.execute(select(artifacts).where(artifacts.c.key == key)).first()
-            return _artifact(row) if row else None
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        fields = dict(row._mapping)
+        tenant = fields.pop("tenant")
+        return Artifact(**fields), tenant

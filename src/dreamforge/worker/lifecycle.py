@@ -138,7 +138,7 @@ class JobLifecycle:
         room = self._driver.max_batch - job.spec.count
         if self._batch_window_s is None or job.attempts > 1 or room <= 0:
             return []
-        if not job.spec.batches_with(job.spec):
+        if not job.spec.shareable:
             return []
         if self._batch_window_s:
             time.sleep(self._batch_window_s)  # the most any job waits to be batched
@@ -243,15 +243,8 @@ class JobLifecycle:
         def end(job_id: str, outcome: JobOutcome | None) -> None:
             job, watch = by_id[job_id], watches[job_id]
             with bound_job(job.id, job.tenant):
-                if outcome is None:  # killed: its time limit ran out, or its lease went
-                    outcome = (
-                        JobOutcome.failed(
-                            ErrorCode.TIMEOUT,
-                            f"the job ran past its limit of {self._limit(job):g}s",
-                        )
-                        if watch.timed_out
-                        else None
-                    )
+                if outcome is None and watch.timed_out:  # killed: by its time limit
+                    outcome = self._timed_out(job)
                 if outcome is None:
                     ended[job_id] = self._requeue(job) if self._stopping.is_set() else None
                     return
@@ -290,9 +283,12 @@ class JobLifecycle:
         if self._stopping.is_set() or watch.lease_lost:
             return None
         if watch.timed_out:
-            limit = self._limit(job)
-            return JobOutcome.failed(ErrorCode.TIMEOUT, f"the job ran past its limit of {limit:g}s")
+            return self._timed_out(job)
         return JobOutcome.failed(ErrorCode.RUNNER_CRASHED, str(exc))
+
+    def _timed_out(self, job: Job) -> JobOutcome:
+        limit = self._limit(job)
+        return JobOutcome.failed(ErrorCode.TIMEOUT, f"the job ran past its limit of {limit:g}s")
 
     def _tick(self, job: Job, watch: _Watch) -> Tick:
         now = time.monotonic()

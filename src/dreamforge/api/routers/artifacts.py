@@ -69,8 +69,8 @@ def download(
     expires: Annotated[int, Query(description="From the signed URL")],
     signature: Annotated[str, Query(description="From the signed URL")],
 ) -> Response:
-    artifact, content = artifacts.open(key, expires, signature)
-    name_in_logs(request, job_id=artifact.job_id, tenant=artifacts.tenant_of(artifact))
+    artifact, tenant, content = artifacts.open(key, expires, signature)
+    name_in_logs(request, job_id=artifact.job_id, tenant=tenant)
     return Response(
         content,
         media_type=artifact.content_type,
