@@ -1,10 +1,11 @@
 """Batched against one-at-a-time rendering on a GPU, with a full-size SDXL-shaped model.
 
-The model has SDXL's real shapes (UNet 320/640/1280 with 1/2/10 transformer layers, CLIP-L
-and OpenCLIP-bigG text encoders, the SDXL VAE) and random weights, in fp16, built here:
-nothing is downloaded. Two comparisons, each in one run: 4 images at 1024x1024 and 30
-steps, and 8 images at 512x512 and 8 steps, one pipeline call with a generator per item
-against one call per item. Needs CUDA; without it, says so and exits 0.
+The model has SDXL base's real shapes (from the config shipped in the package: UNet
+320/640/1280 with 1/2/10 transformer layers, CLIP-L and OpenCLIP-bigG text encoders, the SDXL
+VAE, CLIP's tokenizers) and random weights, in fp16, built here: nothing is downloaded. Two
+comparisons, each in one run: 4 images at 1024x1024 and 30 steps, and 8 images at 512x512
+and 8 steps, one pipeline call with a generator per item against one call per item. Needs
+CUDA; without it, says so and exits 0.
 
     python -m bench.gpu_batch            # on a machine with a GPU
     python -m bench.gpu_batch --dry-run  # the tiny model on the CPU: checks the script
@@ -22,6 +23,8 @@ from dreamforge.models.tiny import build_tiny_sdxl
 
 
 def build_full_size() -> Any:
+    """SDXL base's shapes from the config Dream Forge ships, random weights, fp16, built
+    straight on the GPU."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -30,57 +33,21 @@ def build_full_size() -> Any:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreamforge.models.tiny import _alphabet_tokenizer
+    from dreamforge.models.shipped import ShippedConfig
+    from dreamforge.runners.single_file import tokenizers
 
-    tokenizer = _alphabet_tokenizer()
-    vocab = len(tokenizer.get_vocab())
-
-    def text(width: int, layers: int, heads: int, projection: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=width,
-            intermediate_size=4 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            projection_dim=projection,
-            hidden_act="gelu",
-        )
-
+    config = ShippedConfig("sdxl-base-1.0")
+    scheduler = EulerDiscreteScheduler.from_config(config.component("scheduler"))
     with torch.device("cuda"):
-        unet = UNet2DConditionModel(
-            sample_size=128,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(320, 640, 1280),
-            layers_per_block=2,
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-            use_linear_projection=True,
-        )
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=1024,
-            scaling_factor=0.13025,
-        )
         pipe = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=CLIPTextModel(text(768, 12, 12, 768)),
-            text_encoder_2=CLIPTextModelWithProjection(text(1280, 32, 20, 1280)),
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer,
-            unet=unet,
-            scheduler=EulerDiscreteScheduler(
-                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+            vae=AutoencoderKL.from_config(config.component("vae")),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**config.component("text_encoder"))),
+            text_encoder_2=CLIPTextModelWithProjection(
+                CLIPTextConfig(**config.component("text_encoder_2"))
             ),
+            unet=UNet2DConditionModel.from_config(config.component("unet")),
+            scheduler=scheduler,
+            **tokenizers(config),
         )
     return pipe.to(torch.float16)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import safetensors.torch
+import torch
 import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
@@ -20,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from dreamforge.api.app import create_app
 from dreamforge.config import Settings
 from dreamforge.models.registry import TINY_DEFAULTS, ModelRegistry
-from dreamforge.models.tiny import write_tiny_sdxl, write_tiny_upscaler
+from dreamforge.models.tiny import write_tiny_sdxl, write_tiny_sdxl_single_file, write_tiny_upscaler
 from dreamforge.runners.protocol import Runner
 from dreamforge.runtime import Runtime
 from dreamforge.store.db import Database
@@ -47,6 +49,27 @@ def unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny SDXL as one original-layout checkpoint, as CivitAI ships models."""
+    return write_tiny_sdxl_single_file(tmp_path_factory.mktemp("models") / "tiny-sdxl.safetensors")
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(tiny_single_file: Path) -> Callable[..., bytes]:
+    """The tiny single file's bytes; given names, with a one-value tensor added under each,
+    so that two versions of a checkpoint differ."""
+
+    def make(*extra: str) -> bytes:
+        if not extra:
+            return tiny_single_file.read_bytes()
+        tensors = safetensors.torch.load_file(tiny_single_file)
+        tensors.update({name: torch.zeros(1) for name in extra})
+        return safetensors.torch.save(tensors)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,11 @@ import pytest
 from httpx_sse import connect_sse
 
 from dreamforge.config import Settings
-from dreamforge.models.formats import SDXL_KEY
 from dreamforge.runners.fake import FakeRunner
 from tests.conftest import ApiThread, free_port, register_tiny
 from tests.helpers import submit, wait_for
 from tests.hubs import CivitaiVersion, FakeCivitai, LocalHttpServer
 from tests.processes import Worker
-from tests.test_models import safetensors_with
 
 
 @dataclasses.dataclass
@@ -60,13 +58,10 @@ def follow(client: httpx.Client, url: str, timeout: float = 60) -> list[dict[str
     return seen
 
 
-def checkpoint(tmp_path: Path, size: int) -> bytes:
-    keys = [SDXL_KEY, *(f"pad.{i}" for i in range(size // 40))]
-    return safetensors_with(tmp_path / "c.safetensors", *keys).read_bytes()
-
-
-def test_a_model_downloads_in_the_background_while_jobs_run(stack: Stack, tmp_path: Path) -> None:
-    data = checkpoint(tmp_path, 200_000)
+def test_a_model_downloads_in_the_background_while_jobs_run(
+    sdxl_checkpoint: Callable[..., bytes], stack: Stack, tmp_path: Path
+) -> None:
+    data = sdxl_checkpoint()
     stack.civitai.add(CivitaiVersion(21, 2, "Slow XL.safetensors", data, seconds=3.0))
     response = stack.client.post("/v1/models", json={"source": "civitai:21"})
     assert response.status_code == 202, response.text
@@ -94,8 +89,10 @@ def test_a_model_downloads_in_the_background_while_jobs_run(stack: Stack, tmp_pa
     assert [u["status"] for u in follow(stack.client, download["links"]["stream"])] == ["succeeded"]
 
 
-def test_a_download_that_fails_its_hash_registers_nothing(stack: Stack, tmp_path: Path) -> None:
-    data = checkpoint(tmp_path, 1_000)
+def test_a_download_that_fails_its_hash_registers_nothing(
+    sdxl_checkpoint: Callable[..., bytes], stack: Stack, tmp_path: Path
+) -> None:
+    data = sdxl_checkpoint()
     stack.civitai.add(CivitaiVersion(22, 2, "bad.safetensors", data, declared_sha256="CD" * 32))
     download = stack.client.post("/v1/models", json={"source": "civitai:22"}).json()
     final = follow(stack.client, download["links"]["stream"])[-1]
@@ -137,13 +134,16 @@ def follow_until(client: httpx.Client, url: str, statuses: set[str]) -> Iterator
 
 @pytest.mark.slow
 def test_an_io_worker_process_runs_downloads_in_the_distributed_profile(
-    distributed_settings: Callable[..., Settings], tiny_model_dir: Path, tmp_path: Path
+    sdxl_checkpoint: Callable[..., bytes],
+    distributed_settings: Callable[..., Settings],
+    tiny_model_dir: Path,
+    tmp_path: Path,
 ) -> None:
     civitai = FakeCivitai()
     port: list[int] = []
     hub = LocalHttpServer(civitai.app(port))
     port.append(hub.port)
-    data = checkpoint(tmp_path, 10_000)
+    data = sdxl_checkpoint()
     civitai.add(CivitaiVersion(31, 3, "remote.safetensors", data, needs_token=True))
     settings = distributed_settings(
         port=free_port(), civitai_endpoint=hub.url, civitai_token=civitai.token

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from dreamforge.cli import app
 from dreamforge.config import Settings
 from dreamforge.domain.errors import ErrorCode
-from dreamforge.models.formats import SD1_KEY, SDXL_KEY
+from dreamforge.models.formats import SD1_KEY
 from dreamforge.models.registry import ModelRegistry
 from dreamforge.runners.device import select_device
 from dreamforge.runners.process import SdxlProcessRunner
@@ -126,17 +126,6 @@ def test_verify_finds_a_changed_or_missing_file_and_the_model_stops_being_ready(
     vae.write_bytes(original)
     assert run("verify", "m", "--data-dir", str(data))[0] == 0
     assert registry(data).get("m").status == "ready"  # type: ignore[union-attr]
-
-
-def test_a_single_file_checkpoint_is_recognised_by_its_tensor_names(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    checkpoint = safetensors_with(tmp_path / "My Model XL v2.safetensors", SDXL_KEY, "x.weight")
-    code, output = run("add", str(checkpoint), "--data-dir", str(data))
-    assert code == 0, output
-    model = registry(data).get("my-model-xl-v2")
-    assert model is not None and (model.format, model.base) == ("single_file", "sdxl")
-    assert model.sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert Path(model.path).name == "My Model XL v2.safetensors"
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from dreamforge.cli import app
-from dreamforge.models.formats import SD1_KEY, SDXL_KEY
+from dreamforge.models.formats import SD1_KEY
 from tests.hubs import CivitaiVersion, FakeCivitai, FakeHub, LocalHttpServer
 from tests.test_models import registry, safetensors_with
 from tests.test_pipeline import assert_renders_like
@@ -43,10 +43,6 @@ def hub(tiny_model_dir: Path) -> Iterator[tuple[FakeHub, str]]:
         yield fake, server.url
 
 
-def checkpoint_bytes(tmp_path: Path, *keys: str) -> bytes:
-    return safetensors_with(tmp_path / "ckpt.safetensors", *keys).read_bytes()
-
-
 def pull(data: Path, source: str, env: dict[str, str], *extra: str) -> tuple[int, str]:
     result = cli.invoke(app, ["model", "pull", source, "--data-dir", str(data), *extra], env=env)
     return result.exit_code, result.output
@@ -61,11 +57,14 @@ def left_in(models: Path) -> list[str]:
     return sorted(str(p.relative_to(models)) for p in models.rglob("*")) if models.exists() else []
 
 
-def test_a_civitai_version_is_downloaded_verified_and_registered(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+def test_a_civitai_version_is_downloaded_verified_registered_and_renders(
+    sdxl_checkpoint: Callable[..., bytes],
+    tmp_path: Path,
+    civitai: tuple[FakeCivitai, str],
+    tiny_model_dir: Path,
 ) -> None:
     fake, url = civitai
-    data = checkpoint_bytes(tmp_path, SDXL_KEY)
+    data = sdxl_checkpoint()
     fake.add(CivitaiVersion(4242, 42, "Juggernaut XL v9.safetensors", data, needs_token=True))
     code, output = pull(tmp_path / "d", "civitai:4242", civitai_env(url, fake.token))
     assert code == 0, output
@@ -79,6 +78,7 @@ def test_a_civitai_version_is_downloaded_verified_and_registered(
     # The token went to CivitAI's API, not to the CDN it redirected to, nor to the output.
     assert fake.cdn_requests and "authorization" not in fake.cdn_requests[-1]
     assert fake.token not in output
+    assert_renders_like(model, tiny_model_dir)  # the single file loads, with configs shipped
 
 
 @pytest.mark.parametrize(
@@ -90,21 +90,24 @@ def test_a_civitai_version_is_downloaded_verified_and_registered(
     ],
 )
 def test_civitai_pages_and_air_urns_name_a_version(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str], source: str
+    sdxl_checkpoint: Callable[..., bytes],
+    tmp_path: Path,
+    civitai: tuple[FakeCivitai, str],
+    source: str,
 ) -> None:
     fake, url = civitai
-    fake.add(CivitaiVersion(4241, 42, "old.safetensors", checkpoint_bytes(tmp_path, SDXL_KEY)))
-    fake.add(CivitaiVersion(4242, 42, "new.safetensors", checkpoint_bytes(tmp_path, SDXL_KEY, "x")))
+    fake.add(CivitaiVersion(4241, 42, "old.safetensors", sdxl_checkpoint()))
+    fake.add(CivitaiVersion(4242, 42, "new.safetensors", sdxl_checkpoint("x")))
     code, output = pull(tmp_path / "d", source, civitai_env(url))
     assert code == 0, output
     assert registry(tmp_path / "d").get("new") is not None  # the newest, or the one named
 
 
 def test_a_hash_mismatch_keeps_nothing_and_shows_both_hashes(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, civitai: tuple[FakeCivitai, str]
 ) -> None:
     fake, url = civitai
-    data = checkpoint_bytes(tmp_path, SDXL_KEY)
+    data = sdxl_checkpoint()
     fake.add(CivitaiVersion(7, 1, "m.safetensors", data, declared_sha256="AB" * 32))
     code, output = pull(tmp_path / "d", "civitai:7", civitai_env(url))
     assert code == 1
@@ -114,14 +117,10 @@ def test_a_hash_mismatch_keeps_nothing_and_shows_both_hashes(
 
 
 def test_a_login_page_instead_of_the_file_asks_for_the_token(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, civitai: tuple[FakeCivitai, str]
 ) -> None:
     fake, url = civitai
-    fake.add(
-        CivitaiVersion(
-            8, 1, "gated.safetensors", checkpoint_bytes(tmp_path, SDXL_KEY), needs_token=True
-        )
-    )
+    fake.add(CivitaiVersion(8, 1, "gated.safetensors", sdxl_checkpoint(), needs_token=True))
     code, output = pull(tmp_path / "d", "civitai:8", civitai_env(url))
     assert code == 1 and "CIVITAI_TOKEN" in output and "web page" in output
     assert registry(tmp_path / "d").list() == []
@@ -129,14 +128,10 @@ def test_a_login_page_instead_of_the_file_asks_for_the_token(
 
 
 def test_a_redirect_to_a_host_off_the_allow_list_is_refused(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, civitai: tuple[FakeCivitai, str]
 ) -> None:
     fake, url = civitai
-    fake.add(
-        CivitaiVersion(
-            9, 1, "m.safetensors", checkpoint_bytes(tmp_path, SDXL_KEY), cdn_host="localhost"
-        )
-    )
+    fake.add(CivitaiVersion(9, 1, "m.safetensors", sdxl_checkpoint(), cdn_host="localhost"))
     code, output = pull(tmp_path / "d", "civitai:9", civitai_env(url))
     assert code == 1 and "localhost is not an allowed download host" in output
     assert fake.cdn_requests == [] and registry(tmp_path / "d").list() == []
@@ -145,10 +140,10 @@ def test_a_redirect_to_a_host_off_the_allow_list_is_refused(
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, civitai: tuple[FakeCivitai, str]
 ) -> None:
     fake, url = civitai
-    data = checkpoint_bytes(tmp_path, SDXL_KEY, *(f"pad.{i}" for i in range(2000)))
+    data = sdxl_checkpoint()
     half = len(data) // 2
     fake.add(CivitaiVersion(10, 1, "big.safetensors", data, cut_first_download_at=half))
     code, output = pull(tmp_path / "d", "civitai:10", civitai_env(url))
@@ -171,7 +166,11 @@ def test_sd15_and_pickled_files_are_refused_before_any_download(
     fake, url = civitai
     fake.add(
         CivitaiVersion(
-            11, 1, "sd15.safetensors", checkpoint_bytes(tmp_path, SD1_KEY), base_model="SD 1.5"
+            11,
+            1,
+            "sd15.safetensors",
+            safetensors_with(tmp_path / "sd15.safetensors", SD1_KEY).read_bytes(),
+            base_model="SD 1.5",
         )
     )
     fake.add(CivitaiVersion(12, 1, "old.ckpt", b"pickle"))
@@ -183,10 +182,10 @@ def test_sd15_and_pickled_files_are_refused_before_any_download(
 
 
 def test_a_file_from_the_hub_is_verified_against_its_lfs_hash(
-    tmp_path: Path, hub: tuple[FakeHub, str]
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, hub: tuple[FakeHub, str]
 ) -> None:
     fake, url = hub
-    data = checkpoint_bytes(tmp_path, SDXL_KEY)
+    data = sdxl_checkpoint()
     fake.repos["acme/checkpoints"] = {"sdxl/model.safetensors": data, "README.md": b"# hi"}
     env = {"HF_ENDPOINT": url}
     code, output = pull(tmp_path / "d", "hf:acme/checkpoints/sdxl/model.safetensors", env)
@@ -221,10 +220,10 @@ def test_a_source_in_no_known_form_is_refused_with_the_forms(tmp_path: Path) -> 
 
 
 def test_a_remote_file_name_cannot_escape_the_models_folder(
-    tmp_path: Path, civitai: tuple[FakeCivitai, str]
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, civitai: tuple[FakeCivitai, str]
 ) -> None:
     fake, url = civitai
-    data = checkpoint_bytes(tmp_path, SDXL_KEY)
+    data = sdxl_checkpoint()
     fake.add(CivitaiVersion(13, 1, "../../evil.safetensors", data))
     code, output = pull(tmp_path / "d", "civitai:13", civitai_env(url))
     assert code == 0, output
@@ -235,9 +234,11 @@ def test_a_remote_file_name_cannot_escape_the_models_folder(
     assert not (tmp_path / "d" / "evil.safetensors").exists()
 
 
-def test_a_private_repository_needs_the_token(tmp_path: Path, hub: tuple[FakeHub, str]) -> None:
+def test_a_private_repository_needs_the_token(
+    sdxl_checkpoint: Callable[..., bytes], tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
     fake, url = hub
-    fake.repos["acme/private"] = {"m.safetensors": checkpoint_bytes(tmp_path, SDXL_KEY)}
+    fake.repos["acme/private"] = {"m.safetensors": sdxl_checkpoint()}
     fake.private.add("acme/private")
     code, output = pull(tmp_path / "d", "hf:acme/private/m.safetensors", {"HF_ENDPOINT": url})
     assert code == 1 and "(401)" in output and "HF_TOKEN" in output

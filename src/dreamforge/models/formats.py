@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from dreamforge.models.shipped import NoShippedConfig, config_for, safetensors_header
 
 PICKLED_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
 WEIGHT_SUFFIXES = frozenset({".safetensors"}) | PICKLED_SUFFIXES
@@ -80,7 +82,13 @@ def inspect_model(path: Path, allow_pickles: bool = False) -> ModelFormat:
         raise UnsupportedModel(
             f"{path.name} is neither a diffusers folder nor a .safetensors checkpoint"
         )
-    return ModelFormat("single_file", _supported(_checkpoint_architecture(path)))
+    architecture = _supported(_checkpoint_architecture(path))
+    if architecture == "sdxl":
+        try:
+            config_for(_header(path))  # loadable offline only with a config shipped here
+        except NoShippedConfig as exc:
+            raise UnsupportedModel(f"{path.name}: {exc}") from exc
+    return ModelFormat("single_file", architecture)
 
 
 def _supported(architecture: str) -> str:
@@ -115,18 +123,14 @@ def _diffusers_architecture(folder: Path) -> str:
 
 def safetensors_keys(path: Path) -> set[str]:
     """The tensor names in a safetensors file, from its JSON header alone."""
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise UnsupportedModel(f"{path.name} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", head)
-        if length > 100_000_000:
-            raise UnsupportedModel(f"{path.name} is not a safetensors file (header too large)")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError as exc:
-            raise UnsupportedModel(f"{path.name} is not a safetensors file") from exc
-    return {key for key in header if key != "__metadata__"}
+    return {key for key in _header(path) if key != "__metadata__"}
+
+
+def _header(path: Path) -> dict[str, Any]:
+    try:
+        return safetensors_header(path)
+    except ValueError as exc:
+        raise UnsupportedModel(str(exc)) from exc
 
 
 def _checkpoint_architecture(path: Path) -> str:

@@ -31,7 +31,7 @@ TIME_EMBED_DIM = 8
 BUILD_SEED = 0
 
 
-def _alphabet_tokenizer() -> CLIPTokenizer:
+def alphabet_tokenizer() -> CLIPTokenizer:
     """A CLIP BPE tokenizer over single characters: no merges, so every word splits into letters."""
     symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
     tokens = ["<|startoftext|>", "<|endoftext|>"] + symbols + [f"{s}</w>" for s in symbols]
@@ -56,7 +56,7 @@ def _text_config(width: int, layers: int, vocab_size: int) -> CLIPTextConfig:
 def build_tiny_sdxl() -> StableDiffusionXLPipeline:
     """Return a freshly initialised tiny SDXL pipeline; same weights on every call."""
     torch.manual_seed(BUILD_SEED)
-    tokenizer = _alphabet_tokenizer()
+    tokenizer = alphabet_tokenizer()
     vocab_size = len(tokenizer.get_vocab())
     unet = UNet2DConditionModel(
         sample_size=8,
@@ -109,6 +109,14 @@ def write_tiny_sdxl(target: Path) -> Path:
     """Save the tiny pipeline as a diffusers folder (safetensors) at ``target``."""
     build_tiny_sdxl().save_pretrained(target, safe_serialization=True)
     return target
+
+
+def write_tiny_sdxl_single_file(target: Path) -> Path:
+    """The same tiny pipeline as one original-layout ``.safetensors`` file (CivitAI's
+    format), which loads offline with the config shipped in ``configs/tiny-sdxl``."""
+    from dreamforge.models.original_layout import write_single_file
+
+    return write_single_file(build_tiny_sdxl(), target)
 
 
 def write_tiny_upscaler(target: Path) -> Path:

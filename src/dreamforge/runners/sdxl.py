@@ -53,6 +53,7 @@ from dreamforge.runners.protocol import (
     StepDone,
 )
 from dreamforge.runners.resident import Resident, ResidentPipelines
+from dreamforge.runners.single_file import load_single_file
 from dreamforge.runners.upscale import Upscalers, upscale_tiled
 
 SCHEDULERS: dict[Scheduler, Any] = {
@@ -138,9 +139,7 @@ class SdxlRunner:
         _empty_cache(self._device)
         try:
             if model.format == "single_file":
-                pipe = StableDiffusionXLPipeline.from_single_file(
-                    model.path, dtype=self._device.dtype, local_files_only=True
-                )
+                pipe = load_single_file(Path(model.path), self._device.dtype)
             else:
                 pipe = self._from_folder(model)
         except Exception as exc:
