@@ -220,18 +220,18 @@ def test_with_keys_on_it_asks_for_one_and_fits_a_phone(
 
 
 def test_a_model_pulled_from_the_console_shows_its_progress_then_its_entry(
-    tmp_path: Path, tiny_model_dir: Path, browser: WebDriver
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    browser: WebDriver,
+    sdxl_checkpoint: Callable[..., bytes],
 ) -> None:
     from tests.hubs import CivitaiVersion, FakeCivitai, LocalHttpServer
-    from tests.test_downloads import checkpoint
 
     civitai = FakeCivitai()
     port: list[int] = []
     hub = LocalHttpServer(civitai.app(port))
     port.append(hub.port)
-    civitai.add(
-        CivitaiVersion(31, 2, "Console XL.safetensors", checkpoint(tmp_path, 200_000), seconds=3.0)
-    )
+    civitai.add(CivitaiVersion(31, 2, "Console XL.safetensors", sdxl_checkpoint(), seconds=3.0))
     settings = Settings(data_dir=tmp_path / "data", port=free_port(), civitai_endpoint=hub.url)  # type: ignore[call-arg]
     register_tiny(settings.resolved_database_url, tiny_model_dir)
     with hub, ApiThread(settings, run_worker=True, runner=FakeRunner()) as api:
