@@ -35,7 +35,7 @@ from dreamforge.models.registry import REMOTE_FORMAT, ModelRegistry, create_tiny
 from dreamforge.queue import broker as brokers
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 from dreamforge.queue.reaper import Reaper
-from dreamforge.queue.tasks import Tasks
+from dreamforge.queue.tasks import Tasks, queue_for
 from dreamforge.runners.protocol import ModelRef, Runner
 from dreamforge.runners.replicate import ReplicateRunner
 from dreamforge.services.access import AccessService
@@ -124,10 +124,9 @@ class Runtime:
         models = ModelRegistry(ModelRepository(db))
 
         def queue_of(job_id: str) -> str:
-            """A hosted model's jobs go to the remote queue, every other to the gpu one."""
             job = jobs.get(job_id)
             model = models.get(job.spec.model_id) if job is not None else None
-            return REMOTE_QUEUE if model and model.format == REMOTE_FORMAT else GPU_QUEUE
+            return queue_for(model)
 
         tasks = Tasks(
             brokers.make_broker(settings.broker_url, settings.redis_namespace),

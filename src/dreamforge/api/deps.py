@@ -30,7 +30,12 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def _base_url(request: Request) -> str:
+# The dependencies below only pick something off the runtime: they are coroutines so that
+# FastAPI calls them on the event loop, where a plain function would cost a hop to its
+# thread pool and back on every request.
+
+
+async def _base_url(request: Request) -> str:
     """Where links point: configured, never taken from what a client sent (the Host header
     is the client's to choose) unless a trusted proxy in front sets it."""
     settings = _runtime(request).settings
@@ -41,48 +46,48 @@ def _base_url(request: Request) -> str:
     return f"http://{settings.host}:{settings.port}"
 
 
-def _jobs(request: Request) -> JobService:
+async def _jobs(request: Request) -> JobService:
     return _runtime(request).job_service
 
 
-def _events(request: Request) -> JobEvents:
+async def _events(request: Request) -> JobEvents:
     return _runtime(request).job_events
 
 
-def _artifacts(request: Request) -> ArtifactService:
+async def _artifacts(request: Request) -> ArtifactService:
     return _runtime(request).artifact_service
 
 
-def _completion(request: Request) -> JobCompletion:
+async def _completion(request: Request) -> JobCompletion:
     runtime = _runtime(request)
     return JobCompletion(runtime.job_service, runtime.job_events, runtime.artifact_service)
 
 
-def _downloads(request: Request) -> DownloadService:
+async def _downloads(request: Request) -> DownloadService:
     return _runtime(request).download_service
 
 
-def _dead_letters(request: Request) -> DeadLetterQueue:
+async def _dead_letters(request: Request) -> DeadLetterQueue:
     return _runtime(request).dead_letters
 
 
-def _models(request: Request) -> ModelRegistry:
+async def _models(request: Request) -> ModelRegistry:
     return _runtime(request).models
 
 
-def _readiness(request: Request) -> Readiness:
+async def _readiness(request: Request) -> Readiness:
     return Readiness(_runtime(request).readiness_probes())
 
 
-def _metrics(request: Request) -> CollectorRegistry:
+async def _metrics(request: Request) -> CollectorRegistry:
     return _runtime(request).metrics
 
 
-def _default_model_id(request: Request) -> str:
+async def _default_model_id(request: Request) -> str:
     return _runtime(request).settings.default_model_id
 
 
-def _sse_ping_s(request: Request) -> float:
+async def _sse_ping_s(request: Request) -> float:
     return _runtime(request).settings.sse_ping_s
 
 

@@ -12,9 +12,16 @@ from typing import Any
 
 import dramatiq
 
+from dreamforge.domain.records import Model
+from dreamforge.models.registry import REMOTE_FORMAT
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
 JobHandler = Callable[[str], Any]
+
+
+def queue_for(model: Model | None) -> str:
+    """A hosted model's jobs go to the remote queue, every other to the gpu one."""
+    return REMOTE_QUEUE if model is not None and model.format == REMOTE_FORMAT else GPU_QUEUE
 
 
 class NotAWorker(RuntimeError):
@@ -94,10 +101,12 @@ class Tasks:
         self._download_model = download_model or self._download_model
         self._deliver_webhook = deliver_webhook or self._deliver_webhook
 
-    def enqueue_job(self, job_id: str, delay_s: float = 0.0) -> None:
+    def enqueue_job(self, job_id: str, delay_s: float = 0.0, queue: str | None = None) -> None:
         """Send the job to its queue (gpu, or remote for a hosted model's), to be taken
-        at once or after ``delay_s``."""
-        actor = self.run_remote_job if self._queue_of(job_id) == REMOTE_QUEUE else self.run_job
+        at once or after ``delay_s``. A caller that knows the queue says so (at submit, the
+        model is at hand); otherwise the job and its model are read to find it."""
+        queue = queue or self._queue_of(job_id)
+        actor = self.run_remote_job if queue == REMOTE_QUEUE else self.run_job
         if delay_s > 0:
             actor.send_with_options(args=(job_id,), delay=int(delay_s * 1000))
         else:

@@ -7,6 +7,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
@@ -31,10 +32,15 @@ from dreamforge.metrics import JOBS_CREATED
 from dreamforge.models.fetch import host_allowed
 from dreamforge.models.formats import UPSCALER
 from dreamforge.models.registry import REMOTE_FORMAT, ModelRegistry
+from dreamforge.queue.tasks import queue_for
 from dreamforge.runners.replicate import SCHEDULERS as REMOTE_SCHEDULERS
 from dreamforge.store.jobs import JobPage, JobRepository, KeyTaken
 
 log = structlog.get_logger(__name__)
+
+
+class Enqueue(Protocol):
+    def __call__(self, job_id: str, delay_s: float = 0.0, queue: str | None = None) -> None: ...
 
 
 class JobService:
@@ -43,7 +49,7 @@ class JobService:
         jobs: JobRepository,
         writer: JobWriter,
         models: ModelRegistry,
-        enqueue: Callable[[str], None],
+        enqueue: Enqueue,
         limits: Limits,
         default_model_id: str,
         idempotency_key_ttl_s: float = 24 * 3600,
@@ -195,7 +201,7 @@ class JobService:
         )
         JOBS_CREATED.inc()
         try:
-            self._enqueue(job.id)
+            self._enqueue(job.id, queue=queue_for(model))
         except Exception:  # the job is safe in the database; the reaper sends it later
             log.exception("job.enqueue_failed", job_id=job.id)
         return job
