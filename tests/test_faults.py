@@ -169,7 +169,7 @@ def test_jobs_waiting_in_a_healthy_backlog_are_not_sent_twice(
         finished = [wait_for(client, job_id, {"succeeded"}, timeout=180) for job_id in ids]
     log = (tmp_path / "worker.log").read_text()
     assert [j["attempts"] for j in finished] == [1] * 8
-    assert "reaper.resent" not in log and "job.not_claimed" not in log
+    assert "reaper.resent" not in log and "job.already_taken" not in log
 
 
 def test_a_worker_stopping_under_a_backlog_drops_no_message(

@@ -119,7 +119,7 @@ class JobLifecycle:
         if job is None:
             if limit is not None:
                 return self._wait_for_room(job_id, limit)
-            logger.info("job.not_claimed", job_id=job_id)
+            self._not_claimed(job_id, self._jobs.get(job_id))
             return None
         if job.started_at is not None:
             STAGE_SECONDS.labels("queue_wait").observe(
@@ -130,6 +130,15 @@ class JobLifecycle:
             if companions:
                 return self._hold_together([job, *companions], owner)
             return self._hold(job, owner)
+
+    def _not_claimed(self, job_id: str, job: Job | None) -> None:
+        """Say why a job's message found nothing to claim: a job that a worker took into
+        another's batch still gets its own message afterwards (expected), as does one
+        delivered twice (a wasted delivery); the status tells them apart from a lost job."""
+        if job is None:
+            logger.warning("job.unknown", job_id=job_id)
+        else:
+            logger.info("job.already_taken", job_id=job_id, status=job.status.value)
 
     def _companions(self, job: Job) -> list[Job]:
         """Queued jobs to denoise with ``job`` in one device batch, claimed for this
@@ -171,7 +180,7 @@ class JobLifecycle:
         its due time moves on, so the reaper does not take it for lost."""
         job = self._jobs.get(job_id)
         if job is None or job.status is not JobStatus.QUEUED:
-            logger.info("job.not_claimed", job_id=job_id)
+            self._not_claimed(job_id, job)
             return None
         tenant, most = limit
         waited = job.stage == QUOTA_WAIT
