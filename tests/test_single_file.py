@@ -16,7 +16,14 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from dreamforge.models.formats import SDXL_KEY
-from dreamforge.models.shipped import SHIPPED, ShippedConfig
+from dreamforge.models.shipped import (
+    SHIPPED,
+    UNET_CONV_IN,
+    NoShippedConfig,
+    ShippedConfig,
+    config_for,
+    safetensors_header,
+)
 from dreamforge.models.tiny import build_tiny_sdxl
 from dreamforge.runners.single_file import clip_tokenizer, tokenizers
 from tests.test_models import registry, run, safetensors_with
@@ -111,3 +118,12 @@ def test_the_shipped_tiny_config_is_what_the_tiny_model_saves(tmp_path: Path) ->
 
 def test_each_shipped_config_is_told_apart_by_its_shapes() -> None:
     assert len({config.shapes() for config in SHIPPED}) == len(SHIPPED)
+
+
+def test_an_inpainting_checkpoint_fits_no_shipped_config(tiny_single_file: Path) -> None:
+    header = safetensors_header(tiny_single_file)
+    assert config_for(header) == TINY
+    conv_in = header[UNET_CONV_IN]
+    conv_in["shape"] = [conv_in["shape"][0], 9, *conv_in["shape"][2:]]  # image + mask inputs
+    with pytest.raises(NoShippedConfig, match="match no SDXL config"):
+        config_for(header)

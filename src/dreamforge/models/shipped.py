@@ -31,9 +31,11 @@ class Telltale:
     index: int | None = None  # into a list value
 
 
+UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 TEXT_2_TOKENS = "conditioner.embedders.1.model.token_embedding.weight"
 TELLTALES = (
-    Telltale("model.diffusion_model.input_blocks.0.0.weight", 0, "unet", "block_out_channels", 0),
+    Telltale(UNET_CONV_IN, 0, "unet", "block_out_channels", 0),
+    Telltale(UNET_CONV_IN, 1, "unet", "in_channels"),  # 9 for inpainting: not this config
     Telltale("first_stage_model.encoder.conv_in.weight", 0, "vae", "block_out_channels", 0),
     Telltale(
         "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
