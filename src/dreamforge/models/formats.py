@@ -82,10 +82,11 @@ def inspect_model(path: Path, allow_pickles: bool = False) -> ModelFormat:
         raise UnsupportedModel(
             f"{path.name} is neither a diffusers folder nor a .safetensors checkpoint"
         )
-    architecture = _supported(_checkpoint_architecture(path))
+    header = _header(path)
+    architecture = _supported(_checkpoint_architecture(header))
     if architecture == "sdxl":
         try:
-            config_for(_header(path))  # loadable offline only with a config shipped here
+            config_for(header)  # loadable offline only with a config shipped here
         except NoShippedConfig as exc:
             raise UnsupportedModel(f"{path.name}: {exc}") from exc
     return ModelFormat("single_file", architecture)
@@ -121,20 +122,16 @@ def _diffusers_architecture(folder: Path) -> str:
     return PIPELINE_ARCHITECTURES.get(pipeline, "unknown")
 
 
-def safetensors_keys(path: Path) -> set[str]:
-    """The tensor names in a safetensors file, from its JSON header alone."""
-    return {key for key in _header(path) if key != "__metadata__"}
-
-
 def _header(path: Path) -> dict[str, Any]:
+    """The safetensors header: tensor names and shapes, read without loading a weight."""
     try:
         return safetensors_header(path)
     except ValueError as exc:
         raise UnsupportedModel(str(exc)) from exc
 
 
-def _checkpoint_architecture(path: Path) -> str:
-    keys = safetensors_keys(path)
+def _checkpoint_architecture(header: dict[str, Any]) -> str:
+    keys = header.keys() - {"__metadata__"}
     for key, architecture in (
         (SDXL_KEY, "sdxl"),
         (SDXL_REFINER_KEY, "sdxl_refiner"),
