@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import httpx
 import pytest
 
+from dreamforge.artifacts.storage import ObjectMissing
 from tests.conftest import LiveServer
 from tests.helpers import run_to_end
 
@@ -81,3 +82,18 @@ def test_a_url_without_a_signature_is_refused(live: LiveServer, artifact: dict[s
         assert {e["field"] for e in response.json()["errors"]} == {"expires", "signature"}
     else:
         assert response.status_code == 403
+
+
+def test_an_image_gone_from_the_store_is_a_404(live: LiveServer) -> None:
+    """The database still lists it; the object is gone (deleted by hand, a lost bucket)."""
+    job, _ = run_to_end(live.client)
+    listed = live.client.get(job["links"]["artifacts"]).json()["data"][0]
+    storage = live.runtime.storage
+    assert storage.get(listed["key"]).startswith(b"\x89PNG")
+    storage.delete(listed["key"])
+    with pytest.raises(ObjectMissing):
+        storage.get(listed["key"])
+    response = httpx.get(listed["url"])
+    assert response.status_code == 404
+    if live.profile == "embedded":  # the API serves it, with a problem document
+        assert response.json()["code"] == "NOT_FOUND" and listed["key"] in response.json()["detail"]

@@ -8,6 +8,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from dreamforge.artifacts.storage import ObjectMissing
+
+# What S3 implementations answer for an absent key (HEAD has no body, hence a bare 404).
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
 
 class S3Storage:
     """Objects under ``prefix`` in ``bucket``; clients download through presigned URLs."""
@@ -74,14 +79,19 @@ class S3Storage:
         )
 
     def get(self, key: str) -> bytes:
-        response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise ObjectMissing(key) from exc
+            raise
         return response["Body"].read()  # type: ignore[no-any-return]
 
     def exists(self, key: str) -> bool:
         try:
             self._client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return False
             raise
         return True

@@ -13,10 +13,16 @@ from dreamforge.artifacts.signing import UrlSigner
 from dreamforge.config import Settings
 
 
+class ObjectMissing(KeyError):
+    """No object is stored under the key."""
+
+
 class ArtifactStorage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str) -> bytes:
+        """The object's bytes; raises ``ObjectMissing`` if there is none."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -56,7 +62,10 @@ class LocalStorage:
         os.replace(partial, path)
 
     def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectMissing(key) from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dreamforge.artifacts.signing import UrlSigner
-from dreamforge.artifacts.storage import ArtifactStorage
+from dreamforge.artifacts.storage import ArtifactStorage, ObjectMissing
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import Forbidden, NotFound
 from dreamforge.domain.records import Artifact
@@ -50,7 +50,10 @@ class ArtifactService:
                 "list the job's artifacts again for a fresh URL"
             )
         found = self._jobs.artifact_by_key(key)
-        if found is None or not self._storage.exists(key):
+        if found is None:
             raise NotFound("artifact", key)
         artifact, tenant = found
-        return artifact, tenant, self._storage.get(key)
+        try:
+            return artifact, tenant, self._storage.get(key)
+        except ObjectMissing as exc:  # deleted, or lost with its store
+            raise NotFound("artifact", key) from exc
