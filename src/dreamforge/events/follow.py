@@ -66,15 +66,17 @@ class JobEvents:
         """
         # Subscribe before reading, so that nothing written in between is missed.
         with closing(self._notifier.subscribe(job_id)) as subscription:
-            job = await asyncio.to_thread(self.job, job_id)
+            job, replay = await asyncio.to_thread(self._jobs.with_events, job_id, after)
+            if job is None:  # deleted since it was found (retention)
+                return
             if job.status.is_terminal:
                 # Ended: the log holds all there is (a webhook's lines may follow `done`).
-                if after < job.last_seq:
-                    yield await asyncio.to_thread(self._jobs.events, job_id, after)
+                if replay:
+                    yield replay
                 return
-            replay = await asyncio.to_thread(self._jobs.events, job_id, after)
             if job.status is JobStatus.RUNNING:
-                # The job was read before its events: the replay may have gone further.
+                # Each statement sees its own snapshot on PostgreSQL: the replay may have
+                # gone further than the job's row.
                 replayed = [e.data["progress"] for e in replay if "progress" in e.data]
                 progress = max([job.progress, *replayed])
                 snapshot = ProgressData(progress=progress, stage=job.stage)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    Select,
     Table,
     and_,
     delete,
@@ -98,6 +99,14 @@ def _event(row: Row[Any]) -> JobEvent:
 
 def _artifact(row: Row[Any]) -> Artifact:
     return Artifact(**dict(row._mapping))
+
+
+def _events_after(job_id: str, after_seq: int) -> Select[Any]:
+    return (
+        select(events)
+        .where(events.c.job_id == job_id, events.c.seq > after_seq)
+        .order_by(events.c.seq)
+    )
 
 
 def _encode_cursor(job: Job) -> str:
@@ -461,17 +470,24 @@ class JobRepository:
         types: Iterable[EventType] | None = None,
         since: datetime | None = None,
     ) -> list[JobEvent]:
-        query = (
-            select(events)
-            .where(events.c.job_id == job_id, events.c.seq > after_seq)
-            .order_by(events.c.seq)
-        )
+        query = _events_after(job_id, after_seq)
         if types is not None:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if since is not None:
             query = query.where(events.c.created_at > since)
         with self._db.reading() as connection:
             return [_event(r) for r in connection.execute(query)]
+
+    def with_events(self, job_id: str, after_seq: int) -> tuple[Job | None, list[JobEvent]]:
+        """The job and its events after ``after_seq``, read in one transaction (what a
+        stream starts from)."""
+        with self._db.reading() as connection:
+            row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                return None, []
+            return _job(row), [
+                _event(r) for r in connection.execute(_events_after(job_id, after_seq))
+            ]
 
     def artifacts(self, job_id: str) -> list[Artifact]:
         query = (
