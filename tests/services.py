@@ -119,8 +119,10 @@ class SeaweedFS:
         raise TimeoutError("SeaweedFS did not start:\n" + (self.root / "weed.log").read_text())
 
     def stop(self) -> None:
+        # Killed, not terminated: its graceful shutdown takes about 25 s, for data that
+        # is the session's scratch.
         if self.process is not None:
-            self.process.terminate()
+            self.process.kill()
             self.process.wait(30)
 
 
