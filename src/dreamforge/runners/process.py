@@ -12,6 +12,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import select
+import threading
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -34,6 +35,15 @@ from dreamforge.runners.protocol import (
 
 log = structlog.get_logger(__name__)
 
+# Children fork from a server process that has imported torch, diffusers and transformers
+# once: a spawned child spends seconds of CPU importing them (eight on a small machine),
+# and a runner is started again after every crash, kill or recycle. The server imports
+# nothing else and never touches a device, so each child still starts clean (forking after
+# CUDA is initialised would not be safe; forking after importing torch is what its
+# DataLoader does).
+_CHILDREN = multiprocessing.get_context("forkserver")
+_CHILDREN.set_forkserver_preload(["dreamforge.runners.sdxl"])
+
 
 def _child_main(
     conn: multiprocessing.connection.Connection,
@@ -43,7 +53,7 @@ def _child_main(
     compile_unet: str = "off",
     compile_cache_dir: str | None = None,
 ) -> None:
-    if compile_cache_dir:  # read by inductor when torch is imported, just below
+    if compile_cache_dir:  # read by inductor when it first looks for its cache
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{compile_cache_dir}/inductor"
     from dreamforge.runners.device import InsufficientMemory, select_device
     from dreamforge.runners.sdxl import Canceled, DeviceFull, ModelUnusable, SdxlRunner
@@ -101,11 +111,12 @@ class SdxlProcessRunner:
         self._device = device
         self._memory_budget_bytes = memory_budget_bytes
         self._compile = (compile_unet, compile_cache_dir)
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _CHILDREN
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._cancel: Event = self._context.Event()
         self._preloading = False
+        self._starting: threading.Thread | None = None
         self._memory: DeviceMemory | None = None
         self._poller = select.poll()
 
@@ -152,7 +163,10 @@ class SdxlProcessRunner:
         If relaying or ticking raises (the database went away, say), the child is killed:
         it would otherwise go on sending the rest of this request into the next one.
         """
-        self.start()
+        if self._starting is None and not self.alive:
+            self._start_in_background()
+        self._await_start(tick, poll_s)
+        self.start()  # at once, unless the start in the background failed
         assert self._conn is not None
         try:
             if self._preloading:  # the preload still runs: finish it, ticking meanwhile
@@ -201,12 +215,42 @@ class SdxlProcessRunner:
                 raise RunnerCrashed("the runner process was killed")
 
     def preload(self, model: ModelRef) -> None:
-        """Start loading ``model`` in the child now, without waiting: the first job then
+        """Start loading ``model`` in a child now, without waiting: the first job then
         finds it loaded instead of paying for the child's start and the load."""
-        self.start()
-        assert self._conn is not None
-        self._conn.send(RenderRequest(spec=None, model=model, items=()))
-        self._preloading = True
+        self._start_in_background(RenderRequest(spec=None, model=model, items=()))
+
+    def _start_in_background(self, preload: RenderRequest | None = None) -> None:
+        """Start the child on a thread: the first start waits for the fork server's
+        imports, seconds in which the caller has a lease to keep."""
+
+        def begin() -> None:
+            try:
+                self.start()
+                if preload is not None:
+                    assert self._conn is not None
+                    self._conn.send(preload)
+                    self._preloading = True
+            except Exception:  # render starts it again, and raises what went wrong
+                log.warning("runner.start_failed", exc_info=True)
+
+        self._starting = threading.Thread(target=begin, name="dreamforge-runner-start")
+        self._starting.start()
+
+    def _await_start(self, tick: Callable[[], Tick], poll_s: float) -> None:
+        """Wait for a start under way, ticking meanwhile (a cancel is seen once the
+        request is sent; a kill cannot wait)."""
+        while self._starting is not None:
+            self._starting.join(poll_s)
+            if not self._starting.is_alive():
+                self._starting = None
+            elif tick() is Tick.KILL:
+                raise RunnerCrashed("the runner was stopped while its process started")
+
+    def _started(self) -> None:
+        """Wait for a start under way, if any."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
 
     def recycle(self) -> DeviceMemory | None:
         """Kill the child: the driver takes back all it held on the device. The next
@@ -216,12 +260,14 @@ class SdxlProcessRunner:
         return None
 
     def kill(self) -> None:
+        self._started()
         if self._process is not None:
             self._process.kill()
             self._process.join(5)
         self._discard()
 
     def stop(self) -> None:
+        self._started()
         if self._conn is not None and self.alive:
             with contextlib.suppress(OSError):
                 self._conn.send(None)
