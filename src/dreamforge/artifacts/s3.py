@@ -14,6 +14,12 @@ from dreamforge.artifacts.storage import ObjectMissing
 _MISSING = ("404", "NoSuchKey", "NotFound")
 
 
+def _code(exc: ClientError) -> str | None:
+    """The error code S3 answered with."""
+    code = exc.response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None
+
+
 class S3Storage:
     """Objects under ``prefix`` in ``bucket``; clients download through presigned URLs."""
 
@@ -62,13 +68,12 @@ class S3Storage:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+            if _code(exc) not in ("404", "NoSuchBucket"):
                 raise
             try:
                 self._client.create_bucket(Bucket=self.bucket)
             except ClientError as race:  # another process created it first
-                code = race.response.get("Error", {}).get("Code")
-                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if _code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
         self._bucket_ready = True
 
@@ -82,7 +87,7 @@ class S3Storage:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _MISSING:
+            if _code(exc) in _MISSING:
                 raise ObjectMissing(key) from exc
             raise
         return response["Body"].read()  # type: ignore[no-any-return]
@@ -91,7 +96,7 @@ class S3Storage:
         try:
             self._client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _MISSING:
+            if _code(exc) in _MISSING:
                 return False
             raise
         return True
