@@ -59,7 +59,7 @@ def test_a_job_delivered_many_times_runs_once(live: LiveServer) -> None:
     ]
     assert replay == durable(events)
     steps = [e.data["step"] for e in events if "step" in e.data]
-    assert steps == list(range(steps[0], 31))  # one run: no step twice
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # one run: no step twice
     assert stored_keys(live, job["id"]) == [f"jobs/{job['id']}/00-generate/000.png"]
     assert len(live.client.get(done["links"]["artifacts"]).json()["data"]) == 1
 

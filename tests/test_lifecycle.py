@@ -63,12 +63,13 @@ def serving_fake(
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
-    """The embedded profile on the fake runner, 10 ms a step, with a 2 s job time limit
-    and retries 50-100 ms apart."""
+    """The embedded profile on the fake runner, 10 ms a step, every step reported (these
+    tests count them), with a 2 s job time limit and retries 50-100 ms apart."""
     with serving_fake(
         tmp_path_factory.mktemp("fake"),
         tiny_model_dir,
         FakeRunner(step_s=0.01, plans=PLANS),
+        progress_interval_s=0.0,
         job_time_limit_s=2.0,
         sse_ping_s=1.0,
         retry_backoff_s=0.1,
@@ -206,6 +207,27 @@ def test_live_progress_reaches_a_stream_within_a_step(fake: FakeServer) -> None:
     # Steps take 10 ms; the log is only re-read every 2 s, so a stream that waited for
     # the database instead of the notifier would see gaps of seconds.
     assert len(arrivals) >= 10 and max(gaps) < 0.5, gaps
+
+
+def test_steps_faster_than_the_progress_interval_are_reported_a_few_times_a_second(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with serving_fake(tmp_path, tiny_model_dir, FakeRunner(step_s=0.01)) as server:
+        job = submit(server.client, prompt="watched at the default interval", steps=40)
+        arrivals: list[tuple[int, float]] = []
+        read_stream(
+            server.client,
+            job["id"],
+            until=lambda e: bool(
+                "step" in e.data and arrivals.append((e.data["step"], time.monotonic()))
+            ),
+        )
+    steps = [step for step, _ in arrivals]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(arrivals)]
+    # 40 steps of 10 ms, reported at most every 100 ms (the default): a handful, the last
+    # always, each at once.
+    assert steps == sorted(set(steps)) and steps[-1] == 40, steps
+    assert 2 <= len(steps) < 20 and max(gaps) < 0.5, arrivals
 
 
 # -- the lifecycle alone, on the same database: what a second worker would do ----------

@@ -167,7 +167,14 @@ class Settings(BaseSettings):
         0.5,
         ge=0,
         description="How often a running job's progress is written to the database; "
-        "followers get every step live.",
+        "followers get it live.",
+    )
+    progress_interval_s: float = Field(
+        0.1,
+        ge=0,
+        description="The shortest time between two live progress events of a job: steps "
+        "that finish sooner are reported by the next one (the first and last step of a "
+        "micro-batch always are). 0 reports every step.",
     )
     retry_max_attempts: int = Field(
         3,

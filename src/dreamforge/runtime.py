@@ -263,6 +263,7 @@ class Runtime:
             self.settings.max_batch_size,
             Sealer(self.settings.resolved_signing_key),
             tile_px=self.settings.upscale_tile_px,
+            progress_interval_s=self.settings.progress_interval_s,
         )
         lease = LeaseSettings(
             worker_id=self.worker_id,

@@ -68,7 +68,8 @@ class StageData(EventData):
 
 
 class ProgressData(EventData):
-    """Denoising progress: sent live after each step, never stored, never replayed.
+    """Denoising progress: sent live after a step (at most every ``progress_interval_s``),
+    never stored, never replayed.
 
     A stream also sends one (without ``step``) right after its replay, with the job's
     current progress, so a client that reconnects sees where the job is at once.

@@ -32,6 +32,7 @@ from dreamforge.runners.protocol import (
     RunnerCrashed,
     RunnerMessage,
     StepDone,
+    StepReports,
     Tick,
 )
 
@@ -152,7 +153,8 @@ class FakeRunner:
     ) -> Outcome:
         """As the SDXL child does: render, then give back what the request left."""
         try:
-            outcome = self._render(request, on_message, tick)
+            reports = StepReports(request.progress_interval_s, on_message)
+            outcome = self._render(request, reports, tick)
         except RunnerCrashed:
             self.stop()  # the process died, and the device memory with it
             raise

@@ -30,6 +30,7 @@ from dreamforge.runners.protocol import (
     RenderRequest,
     RunnerCrashed,
     RunnerMessage,
+    StepReports,
     Tick,
 )
 
@@ -71,7 +72,8 @@ def _child_main(
             break
         failed: tuple[ErrorCode, str] | None = None
         try:
-            runner.run(request, conn.send, cancel.is_set)
+            reports = StepReports(request.progress_interval_s, conn.send)
+            runner.run(request, reports, cancel.is_set)
         except Canceled:
             failed = ErrorCode.CANCELED, "canceled by request"
         except ModelUnusable as exc:

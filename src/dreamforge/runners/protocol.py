@@ -8,6 +8,8 @@ next step, or kill now.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -75,6 +77,8 @@ class RenderRequest:
     width: int = 0
     height: int = 0
     tile_px: int = 512  # upscalers run over tiles of at most this size
+    # Denoising steps are reported at most this often (``StepReports``); 0: every step.
+    progress_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,37 @@ class RunnerNote:
 
 Outcome = Finished | Failed
 RunnerMessage = ModelLoaded | StepDone | ItemRendered | RunnerNote | Finished | Failed
+
+
+class StepReports:
+    """Passes a runner's messages on, its denoising steps at most every ``interval_s``.
+
+    A progress bar needs a few updates a second, not one per 20 ms step, and every report
+    costs the worker a wake-up and each follower an SSE event. A step that comes sooner
+    than that after the last one reported is left out: the next one reported covers it.
+    The first and the last step of each micro-batch always go (the last is when the
+    worker counts its items denoised). Everything else goes through as it comes.
+    """
+
+    def __init__(
+        self,
+        interval_s: float,
+        send: Callable[[RunnerMessage], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval_s = interval_s
+        self._send = send
+        self._clock = clock
+        self._last = -math.inf
+
+    def __call__(self, message: RunnerMessage) -> None:
+        if isinstance(message, StepDone):
+            now = self._clock()
+            inner = 1 < message.step < message.steps
+            if inner and now - self._last < self._interval_s:
+                return
+            self._last = now
+        self._send(message)
 
 
 class Tick(Enum):

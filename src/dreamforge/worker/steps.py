@@ -75,6 +75,7 @@ class StepDriver:
         max_batch: int = 1,
         sealer: Sealer | None = None,
         tile_px: int = 512,
+        progress_interval_s: float = 0.0,
     ) -> None:
         self.jobs = jobs
         self.writer = writer
@@ -85,6 +86,7 @@ class StepDriver:
         self.max_batch = max_batch
         self.sealer = sealer  # None: images stored unsealed (tests of other things)
         self.tile_px = tile_px
+        self.progress_interval_s = progress_interval_s
 
     def drive(
         self, job: Job, tick: Callable[[], Tick], notes: Sequence[EventData] = ()
@@ -303,6 +305,7 @@ class _StepRun:
             width=step.width,
             height=step.height,
             tile_px=self._driver.tile_px,
+            progress_interval_s=self._driver.progress_interval_s,
         )
 
     def flush(self) -> None:

@@ -1,0 +1,67 @@
+"""How often a runner reports denoising steps: at most every ``progress_interval_s``, the
+first and last step of each micro-batch always."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from dreamforge.runners.process import SdxlProcessRunner
+from dreamforge.runners.protocol import (
+    ItemRendered,
+    ItemToRender,
+    RenderRequest,
+    RunnerMessage,
+    StepDone,
+    StepReports,
+    Tick,
+)
+from tests.helpers import tiny_spec
+from tests.test_compiled import model_of
+
+
+def reported(
+    interval_s: float, messages: list[RunnerMessage], times: Iterator[float]
+) -> list[object]:
+    sent: list[RunnerMessage] = []
+    reports = StepReports(interval_s, sent.append, clock=lambda: next(times))
+    for message in messages:
+        reports(message)
+    return [m.step if isinstance(m, StepDone) else m for m in sent]
+
+
+def test_steps_faster_than_the_interval_are_folded_into_the_next_report() -> None:
+    # Two micro-batches of 10 steps, one step every 40 ms, reported at most every 100 ms.
+    image = ItemRendered(0, 7, b"png", 64, 64)
+    first = [StepDone((0,), step, 10) for step in range(1, 11)]
+    second = [StepDone((1,), step, 10) for step in range(1, 11)]
+    messages: list[RunnerMessage] = [*first, image, *second]
+    times = iter([0.04 * tick for tick in range(1, 21)])
+    assert reported(0.1, messages, times) == [1, 4, 7, 10, image, 1, 4, 7, 10]
+
+
+def test_an_interval_of_zero_reports_every_step() -> None:
+    steps = [StepDone((0,), step, 5) for step in range(1, 6)]
+    assert reported(0.0, list(steps), iter([1.0] * 5)) == [1, 2, 3, 4, 5]
+
+
+def steps_reported(runner: SdxlProcessRunner, request: RenderRequest) -> list[int]:
+    steps: list[int] = []
+    runner.render(
+        request,
+        lambda m: steps.append(m.step) if isinstance(m, StepDone) else None,
+        lambda: Tick.CONTINUE,
+    )
+    return steps
+
+
+def test_the_pipeline_process_reports_steps_as_often_as_asked(tiny_model_dir: Path) -> None:
+    spec = tiny_spec(steps=4, seed=3, item_seeds=(3,))
+    items = (ItemToRender(0, 3),)
+    runner = SdxlProcessRunner("cpu")
+    try:
+        every = steps_reported(runner, RenderRequest(spec, model_of(tiny_model_dir), items))
+        hourly = RenderRequest(spec, model_of(tiny_model_dir), items, progress_interval_s=3600)
+        assert (every, steps_reported(runner, hourly)) == ([1, 2, 3, 4], [1, 4])
+    finally:
+        runner.stop()
