@@ -8,6 +8,7 @@ pipelines it had loaded stay loaded across jobs for as long as it lives.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -59,6 +60,11 @@ def _child_main(
     from dreamforge.runners.device import InsufficientMemory, select_device
     from dreamforge.runners.sdxl import Canceled, DeviceFull, ModelUnusable, SdxlRunner
 
+    # What torch, diffusers and transformers made on import (~500k objects) lives as long
+    # as the process: out of the cycle collector's sight, the full collection that settles
+    # each request scans only what came after (1.5 ms instead of 240 ms on a small CPU,
+    # added to every job's end).
+    gc.freeze()
     choice = select_device(device)
     compiling = compile_unet == "on" or (compile_unet == "auto" and choice.device.type == "cuda")
     artifacts = Path(compile_cache_dir) / "artifacts.bin" if compile_cache_dir else None
