@@ -45,6 +45,10 @@ class DreamForgeProcess:
         leaked = [s for s in self.settings.secrets() if s in text]
         assert leaked == [], f"{self.log} shows secrets: {[s[:3] + '…' for s in leaked]}"
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

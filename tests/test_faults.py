@@ -46,6 +46,11 @@ def api_and_worker(settings: Settings, tiny_model_dir: Path, logs: Path) -> Iter
         worker.signal(signal.SIGTERM)
 
 
+def pid_in(worker_id: str) -> int:
+    """The process id in a worker id (``host:pid:random``)."""
+    return int(worker_id.rsplit(":", 2)[1])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 def test_a_job_whose_worker_stops_runs_again_elsewhere(
     distributed_settings: Callable[..., Settings],
@@ -55,26 +60,34 @@ def test_a_job_whose_worker_stops_runs_again_elsewhere(
 ) -> None:
     settings = distributed_settings(port=free_port(), **FAST_RECOVERY)
     register_tiny(settings.resolved_database_url, tiny_model_dir)
-    first, second = Worker(settings, tmp_path / "a.log"), Worker(settings, tmp_path / "b.log")
-    first.start()
+    # Two workers from the start, as in a fleet: whichever takes the job is stopped, and
+    # the other, already warm, must take it over.
+    workers = [Worker(settings, tmp_path / "a.log"), Worker(settings, tmp_path / "b.log")]
+    for worker in workers:
+        worker.start()
     with (
         ApiThread(settings, run_worker=False) as api,
         httpx.Client(base_url=api.url, timeout=60) as client,
     ):
         job = submit(client, steps=150, seed=11)
-        before = read_stream(client, job["id"], until=lambda e: e.data.get("step", 0) >= 5)
-        stopped_at = datetime.now(UTC)
-        first.signal(sig)
-        second.start()
         try:
+            before = read_stream(client, job["id"], until=lambda e: e.data.get("step", 0) >= 5)
+            running = next(e for e in before if e.data.get("status") == "running")
+            holder = next(w for w in workers if w.pid == pid_in(running.data["worker"]))
+            stopped_at = datetime.now(UTC)
+            holder.signal(sig)
             after = read_stream(client, job["id"], last_event_id=last_id(before), timeout=180)
             done = client.get(f"/v1/jobs/{job['id']}").json()
             artifacts = client.get(done["links"]["artifacts"]).json()["data"]
         finally:
-            second.signal(signal.SIGTERM)
+            for worker in workers:
+                if worker.alive():
+                    worker.signal(signal.SIGTERM)
     messages = [e.data["message"] for e in after if e.type == "log"]
     assert after[-1].data["status"] == "succeeded", (done["error"], messages)
     assert done["attempts"] == 2
+    rerun = next(e for e in after if e.data.get("status") == "running")
+    assert pid_in(rerun.data["worker"]) != holder.pid  # elsewhere
     assert [a["key"] for a in artifacts] == [f"jobs/{job['id']}/00-generate/000.png"]
     assert httpx.get(artifacts[0]["url"]).status_code == 200
     assert any("attempt 2 (retry)" in m for m in messages), messages
