@@ -20,9 +20,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
-    Select,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -58,6 +58,21 @@ jobs = cast(Table, JobRow.__table__)
 idempotency_keys = cast(Table, IdempotencyKeyRow.__table__)
 events = cast(Table, EventRow.__table__)
 artifacts = cast(Table, ArtifactRow.__table__)
+
+# The reads every followed job makes, built once: SQLAlchemy spends more time building a
+# statement and its cache key than SQLite spends running it (0.11 ms against 0.07 ms for a
+# job by id, prebuilt).
+_JOB_BY_ID = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_EVENTS_AFTER = (
+    select(events)
+    .where(events.c.job_id == bindparam("job_id"), events.c.seq > bindparam("after_seq"))
+    .order_by(events.c.seq)
+)
+_ARTIFACTS_OF = (
+    select(artifacts)
+    .where(artifacts.c.job_id == bindparam("job_id"))
+    .order_by(artifacts.c.step_index, artifacts.c.item_index)
+)
 
 # The advisory lock space for claims under a tenant's running-jobs quota (the migration
 # lock in db.py is another).
@@ -99,14 +114,6 @@ def _event(row: Row[Any]) -> JobEvent:
 
 def _artifact(row: Row[Any]) -> Artifact:
     return Artifact(**dict(row._mapping))
-
-
-def _events_after(job_id: str, after_seq: int) -> Select[Any]:
-    return (
-        select(events)
-        .where(events.c.job_id == job_id, events.c.seq > after_seq)
-        .order_by(events.c.seq)
-    )
 
 
 def _encode_cursor(job: Job) -> str:
@@ -347,7 +354,7 @@ class JobRepository:
             appended = _append(connection, job_id, new_events, fields, condition)
             if appended is None:
                 return None
-            job = _job(connection.execute(select(jobs).where(jobs.c.id == job_id)).one())
+            job = _job(connection.execute(_JOB_BY_ID, {"job_id": job_id}).one())
             return job, appended
 
     def set_progress(self, job_id: str, progress: float) -> None:
@@ -410,7 +417,7 @@ class JobRepository:
 
     def get(self, job_id: str) -> Job | None:
         with self._db.reading() as connection:
-            row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = connection.execute(_JOB_BY_ID, {"job_id": job_id}).first()
             return _job(row) if row else None
 
     def is_cancel_requested(self, job_id: str) -> bool:
@@ -470,33 +477,28 @@ class JobRepository:
         types: Iterable[EventType] | None = None,
         since: datetime | None = None,
     ) -> list[JobEvent]:
-        query = _events_after(job_id, after_seq)
+        query = _EVENTS_AFTER
         if types is not None:
             query = query.where(events.c.type.in_([t.value for t in types]))
         if since is not None:
             query = query.where(events.c.created_at > since)
+        params = {"job_id": job_id, "after_seq": after_seq}
         with self._db.reading() as connection:
-            return [_event(r) for r in connection.execute(query)]
+            return [_event(r) for r in connection.execute(query, params)]
 
     def with_events(self, job_id: str, after_seq: int) -> tuple[Job | None, list[JobEvent]]:
         """The job and its events after ``after_seq``, read in one transaction (what a
         stream starts from)."""
         with self._db.reading() as connection:
-            row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = connection.execute(_JOB_BY_ID, {"job_id": job_id}).first()
             if row is None:
                 return None, []
-            return _job(row), [
-                _event(r) for r in connection.execute(_events_after(job_id, after_seq))
-            ]
+            params = {"job_id": job_id, "after_seq": after_seq}
+            return _job(row), [_event(r) for r in connection.execute(_EVENTS_AFTER, params)]
 
     def artifacts(self, job_id: str) -> list[Artifact]:
-        query = (
-            select(artifacts)
-            .where(artifacts.c.job_id == job_id)
-            .order_by(artifacts.c.step_index, artifacts.c.item_index)
-        )
         with self._db.reading() as connection:
-            return [_artifact(r) for r in connection.execute(query)]
+            return [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, {"job_id": job_id})]
 
     def never_run(self, limit: int, skip: str) -> list[Job]:
         """Queued jobs that no worker has tried yet, oldest first (batch companions)."""
