@@ -51,6 +51,9 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
             assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny-sdxl"]
             job = submit(client)
             assert read_stream(client, job["id"])[-1].data["status"] == "succeeded"
+        # The model was built, and the job rendered, in processes of their own: the server
+        # never loaded torch, which it would carry (~750 MB) for as long as it runs.
+        assert "libtorch" not in Path(f"/proc/{server.pid}/maps").read_text()
     finally:
         server.stop(signal.SIGTERM)
 
