@@ -11,6 +11,7 @@ beside the GPU work, and Core does the same statements for a fraction of the CPU
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Row,
     Table,
+    Update,
     and_,
     bindparam,
     delete,
@@ -126,6 +128,19 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return datetime.fromisoformat(created), job_id
 
 
+@functools.cache
+def _append_statement(columns: tuple[str, ...]) -> Update:
+    """An unconditional append that sets ``columns``, built once for each set of them
+    (building it took twice as long as running it on SQLite)."""
+    values: dict[str, Any] = {name: bindparam(f"set_{name}") for name in columns}
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("job_id"))
+        .values(last_seq=jobs.c.last_seq + bindparam("count"), **values)
+        .returning(jobs.c.last_seq)
+    )
+
+
 def _append(
     connection: Connection,
     job_id: str,
@@ -135,11 +150,15 @@ def _append(
 ) -> list[JobEvent] | None:
     """Update the job and append events after its last sequence number, if ``condition``
     holds; ``None`` when it did not (or the job does not exist)."""
-    statement = update(jobs).where(jobs.c.id == job_id)
-    if condition is not None:
-        statement = statement.where(condition)
-    statement = statement.values(last_seq=jobs.c.last_seq + len(new_events), **fields)
-    last = connection.execute(statement.returning(jobs.c.last_seq)).scalar_one_or_none()
+    if condition is None:  # most appends: stage changes, log lines, artifacts
+        params = {f"set_{name}": value for name, value in fields.items()}
+        params.update(job_id=job_id, count=len(new_events))
+        found = connection.execute(_append_statement(tuple(sorted(fields))), params)
+    else:
+        statement = update(jobs).where(jobs.c.id == job_id, condition)
+        statement = statement.values(last_seq=jobs.c.last_seq + len(new_events), **fields)
+        found = connection.execute(statement.returning(jobs.c.last_seq))
+    last = found.scalar_one_or_none()
     if last is None:
         return None
     now = utcnow()
