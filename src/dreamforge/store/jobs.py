@@ -11,9 +11,10 @@ beside the GPU work, and Core does the same statements for a fraction of the CPU
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -74,6 +75,22 @@ _ARTIFACTS_OF = (
     select(artifacts)
     .where(artifacts.c.job_id == bindparam("job_id"))
     .order_by(artifacts.c.step_index, artifacts.c.item_index)
+)
+_ARTIFACT_BY_KEY = (
+    select(artifacts, jobs.c.tenant)
+    .join(jobs, jobs.c.id == artifacts.c.job_id)
+    .where(artifacts.c.key == bindparam("key"))
+)
+# And the writes of every job that are not event appends.
+_SET_PROGRESS = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.status == JobStatus.RUNNING.value)
+    .values(progress=bindparam("progress"))
+)
+_DELETE_ARTIFACT = delete(artifacts).where(
+    artifacts.c.job_id == bindparam("job_id"),
+    artifacts.c.step_index == bindparam("step_index"),
+    artifacts.c.item_index == bindparam("item_index"),
 )
 
 # The advisory lock space for claims under a tenant's running-jobs quota (the migration
@@ -233,20 +250,21 @@ class JobRepository:
         )
         with self._db.connection() as connection:
             connection.execute(
-                insert(jobs).values(
-                    id=job.id,
-                    tenant=tenant,
-                    webhook_url=webhook_url,
-                    status=job.status.value,
-                    spec=spec.model_dump(mode="json"),
-                    progress=job.progress,
-                    stage=job.stage,
-                    cancel_requested=False,
-                    attempts=0,
-                    last_seq=job.last_seq,
-                    created_at=now,
-                    enqueued_at=now,
-                )
+                insert(jobs),
+                {
+                    "id": job.id,
+                    "tenant": tenant,
+                    "webhook_url": webhook_url,
+                    "status": job.status.value,
+                    "spec": spec.model_dump(mode="json"),
+                    "progress": job.progress,
+                    "stage": job.stage,
+                    "cancel_requested": False,
+                    "attempts": 0,
+                    "last_seq": job.last_seq,
+                    "created_at": now,
+                    "enqueued_at": now,
+                },
             )
             _insert_events(connection, job_id, 0, new_events, now)
             if idempotency is not None:
@@ -379,11 +397,7 @@ class JobRepository:
     def set_progress(self, job_id: str, progress: float) -> None:
         """Remember how far a running job is, with no event: followers got it live."""
         with self._db.connection() as connection:
-            connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-                .values(progress=progress)
-            )
+            connection.execute(_SET_PROGRESS, {"job_id": job_id, "progress": progress})
 
     def renew_lease(self, job_id: str, owner: str, lease_s: float) -> bool:
         with self._db.connection() as connection:
@@ -413,15 +427,11 @@ class JobRepository:
         self, artifact: Artifact, new_events: Sequence[EventData], **fields: Any
     ) -> list[JobEvent]:
         """Record an artifact once; a re-run of the same item replaces the row, never adds one."""
+        # Its fields as they are (asdict would deep-copy them).
+        row = {f.name: getattr(artifact, f.name) for f in dataclasses.fields(artifact)}
         with self._db.connection() as connection:
-            connection.execute(
-                delete(artifacts).where(
-                    artifacts.c.job_id == artifact.job_id,
-                    artifacts.c.step_index == artifact.step_index,
-                    artifacts.c.item_index == artifact.item_index,
-                )
-            )
-            connection.execute(insert(artifacts).values(**asdict(artifact)))
+            connection.execute(_DELETE_ARTIFACT, row)
+            connection.execute(insert(artifacts), row)
             return _append(connection, artifact.job_id, new_events, fields) or []
 
     # -- reads --------------------------------------------------------------------------
@@ -608,13 +618,8 @@ class JobRepository:
 
     def artifact_by_key(self, key: str) -> tuple[Artifact, str] | None:
         """The artifact stored under ``key``, and its job's tenant."""
-        query = (
-            select(artifacts, jobs.c.tenant)
-            .join(jobs, jobs.c.id == artifacts.c.job_id)
-            .where(artifacts.c.key == key)
-        )
         with self._db.reading() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(_ARTIFACT_BY_KEY, {"key": key}).first()
         if row is None:
             return None
         fields = dict(row._mapping)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import cast
+
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from dreamforge.domain.jobs import ModelDefaults
 from dreamforge.domain.records import Model, ModelFile
 from dreamforge.store.db import Database
 from dreamforge.store.tables import ModelRow
+
+_models = cast(Table, ModelRow.__table__)
+_MODEL_BY_ID = select(_models).where(_models.c.id == bindparam("model_id"))
 
 
 def _model(row: ModelRow) -> Model:
@@ -61,10 +66,9 @@ class ModelRepository:
             return True
 
     def get(self, model_id: str) -> Model | None:
-        # Core, not the ORM: every job submission reads its model.
-        table = ModelRow.__table__
+        # Core, not the ORM, and built once: every job submission reads its model.
         with self._db.reading() as connection:
-            row = connection.execute(select(table).where(table.c.id == model_id)).first()
+            row = connection.execute(_MODEL_BY_ID, {"model_id": model_id}).first()
             return _model(ModelRow(**row._mapping)) if row else None
 
     def list(self) -> list[Model]:
