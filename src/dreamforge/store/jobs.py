@@ -145,14 +145,37 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return datetime.fromisoformat(created), job_id
 
 
+# What an append may be conditional on, each built once. The values they compare with are
+# parameters named ``where_*`` (a parameter named after a column would be taken as a value
+# to set).
+_IN_SOURCE = jobs.c.status == bindparam("where_source")
+_LEASED_BY = jobs.c.lease_owner == bindparam("where_owner")
+_DEAD_LETTERED = jobs.c.dead_lettered_at.is_not(None)
+_NOT_DEAD_LETTERED = jobs.c.dead_lettered_at.is_(None)
+_others = jobs.alias("others")
+_UNDER_RUNNING_LIMIT = select(func.count()).where(
+    _others.c.tenant == bindparam("where_tenant"),
+    _others.c.status == JobStatus.RUNNING.value,
+).scalar_subquery() < bindparam("where_most")
+# A value an append may set from the row itself.
+_ONE_MORE_ATTEMPT = jobs.c.attempts + 1
+
+
 @functools.cache
-def _append_statement(columns: tuple[str, ...]) -> Update:
-    """An unconditional append that sets ``columns``, built once for each set of them
-    (building it took twice as long as running it on SQLite)."""
-    values: dict[str, Any] = {name: bindparam(f"set_{name}") for name in columns}
+def _append_statement(
+    columns: tuple[tuple[str, ColumnElement[Any] | None], ...],
+    conditions: tuple[ColumnElement[bool], ...],
+) -> Update:
+    """An append that sets ``columns`` (each to a parameter ``set_<name>``, or to the
+    expression given) if ``conditions`` hold, built once for each shape: building it took
+    twice as long as running it on SQLite."""
+    values = {
+        name: expression if expression is not None else bindparam(f"set_{name}")
+        for name, expression in columns
+    }
     return (
         update(jobs)
-        .where(jobs.c.id == bindparam("job_id"))
+        .where(jobs.c.id == bindparam("job_id"), *conditions)
         .values(last_seq=jobs.c.last_seq + bindparam("count"), **values)
         .returning(jobs.c.last_seq)
     )
@@ -163,18 +186,18 @@ def _append(
     job_id: str,
     new_events: Sequence[EventData],
     fields: dict[str, Any],
-    condition: ColumnElement[bool] | None = None,
+    conditions: tuple[ColumnElement[bool], ...] = (),
+    where: dict[str, Any] | None = None,
 ) -> list[JobEvent] | None:
-    """Update the job and append events after its last sequence number, if ``condition``
-    holds; ``None`` when it did not (or the job does not exist)."""
-    if condition is None:  # most appends: stage changes, log lines, artifacts
-        params = {f"set_{name}": value for name, value in fields.items()}
-        params.update(job_id=job_id, count=len(new_events))
-        found = connection.execute(_append_statement(tuple(sorted(fields))), params)
-    else:
-        statement = update(jobs).where(jobs.c.id == job_id, condition)
-        statement = statement.values(last_seq=jobs.c.last_seq + len(new_events), **fields)
-        found = connection.execute(statement.returning(jobs.c.last_seq))
+    """Update the job and append events after its last sequence number, if ``conditions``
+    hold (with the ``where_*`` parameters in ``where``); ``None`` when they did not (or
+    the job does not exist)."""
+    shape = tuple(
+        sorted((name, v if isinstance(v, ColumnElement) else None) for name, v in fields.items())
+    )
+    params = {f"set_{n}": v for n, v in fields.items() if not isinstance(v, ColumnElement)}
+    params.update(where or {}, job_id=job_id, count=len(new_events))
+    found = connection.execute(_append_statement(shape, conditions), params)
     last = found.scalar_one_or_none()
     if last is None:
         return None
@@ -337,17 +360,18 @@ class JobRepository:
         Raises ``IllegalTransition``, writing nothing, for a move the domain forbids.
         """
         check_transition(move)
-        condition: ColumnElement[bool] = jobs.c.status == move.source.value
+        conditions = [_IN_SOURCE]
+        where = {"where_source": move.source.value}
         if owner is not None:
-            condition = and_(condition, jobs.c.lease_owner == owner)
+            conditions.append(_LEASED_BY)
+            where["where_owner"] = owner
         if dead_lettered is not None:
-            in_queue = jobs.c.dead_lettered_at.is_not(None)
-            condition = and_(condition, in_queue if dead_lettered else ~in_queue)
+            conditions.append(_DEAD_LETTERED if dead_lettered else _NOT_DEAD_LETTERED)
         # An error belongs to the outcome it explains: any other move clears it.
         values = {**fields, "status": move.target.value}
         values["error"] = error.model_dump(mode="json") if error is not None else None
         with self._db.connection() as connection:
-            return _append(connection, job_id, events, values, condition)
+            return _append(connection, job_id, events, values, tuple(conditions), where)
 
     def claim(
         self,
@@ -366,11 +390,12 @@ class JobRepository:
             "lease_owner": owner,
             "lease_expires_at": now + timedelta(seconds=lease_s),
             "started_at": now,
-            "attempts": jobs.c.attempts + 1,
+            "attempts": _ONE_MORE_ATTEMPT,
             "stage": "claimed",
         }
+        conditions = [_IN_SOURCE]
+        where: dict[str, Any] = {"where_source": CLAIM.source.value}
         with self._db.connection() as connection:
-            condition: ColumnElement[bool] = jobs.c.status == CLAIM.source.value
             if running_limit is not None:
                 tenant, most = running_limit
                 if connection.dialect.name == "postgresql":
@@ -378,17 +403,9 @@ class JobRepository:
                     # short; the lock makes the second count after the first commits.
                     lock = func.pg_advisory_xact_lock(RUNNING_LOCK, func.hashtext(tenant))
                     connection.execute(select(lock))
-                others = jobs.alias("others")
-                running = (
-                    select(func.count())
-                    .where(
-                        others.c.tenant == tenant,
-                        others.c.status == JobStatus.RUNNING.value,
-                    )
-                    .scalar_subquery()
-                )
-                condition = and_(condition, running < most)
-            appended = _append(connection, job_id, new_events, fields, condition)
+                conditions.append(_UNDER_RUNNING_LIMIT)
+                where.update(where_tenant=tenant, where_most=most)
+            appended = _append(connection, job_id, new_events, fields, tuple(conditions), where)
             if appended is None:
                 return None
             job = _job(connection.execute(_JOB_BY_ID, {"job_id": job_id}).one())
