@@ -86,13 +86,14 @@ def test_an_omitted_seed_is_drawn_and_recorded(live: LiveServer) -> None:
 
 
 def test_progress_rises_step_by_step_to_one(live: LiveServer) -> None:
-    job, events = run_to_end(live.client, steps=5)
+    # 30 steps: reported at most every progress_interval_s, several come even to a stream
+    # that connects after the first.
+    job, events = run_to_end(live.client, steps=30)
     stepped = [e.data for e in events if e.type == "progress" and "step" in e.data]
     steps = [data["step"] for data in stepped]
-    # Live only, and at most every progress_interval_s: a stream that connects late misses
-    # the first steps, and a step that follows the last report too soon is left to the
-    # next; the last step always comes.
-    assert steps == sorted(set(steps)) and steps[-1] == 5
+    # Live only: a stream that connects late misses the first steps, and a step that
+    # follows the last report too soon is left to the next; the last step always comes.
+    assert steps == sorted(set(steps)) and steps[-1] == 30
     progress = [data["progress"] for data in stepped]
     assert progress == sorted(progress) and 0 < progress[0] < progress[-1] < 1
     snapshot = live.client.get(job["links"]["progress"]).json()

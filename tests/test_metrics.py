@@ -40,7 +40,9 @@ def test_a_scrape_counts_jobs_stages_images_and_memory(fake: FakeServer) -> None
     fake.runner.plans = {**fake.runner.plans, "metrics fail": Plan(Trouble.FAIL, at_step=1)}
     before = scrape(url)
     good = submit(fake.client, prompt="metrics", count=2, steps=3)
-    bad = submit(fake.client, prompt="metrics fail", steps=3)
+    # On its own: denoised in one batch with the good job, it would render by that job's
+    # plan (the fake runner follows the batch's first prompt) and succeed.
+    bad = submit(fake.client, prompt="metrics fail", steps=3, share_batch=False)
     read_stream(fake.client, good["id"], timeout=30)
     read_stream(fake.client, bad["id"], timeout=30)
     after = scrape(url)
