@@ -195,15 +195,27 @@ def test_a_resumed_stream_gets_the_progress_of_a_running_job_at_once(fake: FakeS
     wait_for(fake.client, job["id"], {"canceled"})
 
 
+def step_arrivals(client: httpx.Client, job_id: str) -> list[tuple[int, float]]:
+    """Each denoising step the job's stream reports, and when it arrived, to the end."""
+    arrivals: list[tuple[int, float]] = []
+    read_stream(
+        client,
+        job_id,
+        until=lambda e: bool(
+            "step" in e.data and arrivals.append((e.data["step"], time.monotonic()))
+        ),
+    )
+    return arrivals
+
+
+def gaps_between(arrivals: list[tuple[int, float]]) -> list[float]:
+    return [b - a for (_, a), (_, b) in itertools.pairwise(arrivals)]
+
+
 def test_live_progress_reaches_a_stream_within_a_step(fake: FakeServer) -> None:
     job = submit(fake.client, prompt="watched", steps=20)
-    arrivals: list[float] = []
-    read_stream(
-        fake.client,
-        job["id"],
-        until=lambda e: bool("step" in e.data and arrivals.append(time.monotonic())),
-    )
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    arrivals = step_arrivals(fake.client, job["id"])
+    gaps = gaps_between(arrivals)
     # Steps take 10 ms; the log is only re-read every 2 s, so a stream that waited for
     # the database instead of the notifier would see gaps of seconds.
     assert len(arrivals) >= 10 and max(gaps) < 0.5, gaps
@@ -214,20 +226,12 @@ def test_steps_faster_than_the_progress_interval_are_reported_a_few_times_a_seco
 ) -> None:
     with serving_fake(tmp_path, tiny_model_dir, FakeRunner(step_s=0.01)) as server:
         job = submit(server.client, prompt="watched at the default interval", steps=40)
-        arrivals: list[tuple[int, float]] = []
-        read_stream(
-            server.client,
-            job["id"],
-            until=lambda e: bool(
-                "step" in e.data and arrivals.append((e.data["step"], time.monotonic()))
-            ),
-        )
+        arrivals = step_arrivals(server.client, job["id"])
     steps = [step for step, _ in arrivals]
-    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(arrivals)]
     # 40 steps of 10 ms, reported at most every 100 ms (the default): a handful, the last
     # always, each at once.
     assert steps == sorted(set(steps)) and steps[-1] == 40, steps
-    assert 2 <= len(steps) < 20 and max(gaps) < 0.5, arrivals
+    assert 2 <= len(steps) < 20 and max(gaps_between(arrivals)) < 0.5, arrivals
 
 
 # -- the lifecycle alone, on the same database: what a second worker would do ----------
