@@ -234,6 +234,41 @@ def test_steps_faster_than_the_progress_interval_are_reported_a_few_times_a_seco
     assert 2 <= len(steps) < 20 and max(gaps_between(arrivals)) < 0.5, arrivals
 
 
+def test_stage_changes_moments_apart_are_written_together_and_a_slow_load_is_heard_at_once(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    def stages(events: list[Any]) -> dict[str, tuple[int, str]]:
+        """Each stage's event: where it came in the stream, and when it was written."""
+        return {
+            e.data["stage"]: (i, e.data["ts"]) for i, e in enumerate(events) if e.type == "stage"
+        }
+
+    with serving_fake(tmp_path, tiny_model_dir, FakeRunner(step_s=0.01, load_s=0.6)) as server:
+        server.runner.stop()  # as a recycled process: the preloaded model is gone
+        first = submit(server.client, prompt="the model loads for 0.6 s", steps=4)
+        arrivals: dict[str, float] = {}
+        read_stream(
+            server.client,
+            first["id"],
+            until=lambda e: bool(
+                e.type == "stage" and arrivals.setdefault(e.data["stage"], time.monotonic()) < 0
+            ),
+        )
+        cached = submit(server.client, prompt="the model is loaded", steps=4)
+        events = read_stream(server.client, cached["id"])
+    # While a model loads, the stage is written (and heard) at once, not held for the next.
+    assert arrivals["denoising"] - arrivals["loading_model"] > 0.4, arrivals
+    # A loaded model's loading and denoising stages are one write, as are the saving
+    # stage and the image stored a moment later: written together, with one time.
+    at = stages(events)
+    assert at["loading_model"][1] == at["denoising"][1], at
+    (artifact,) = [e for e in events if e.type == "artifact"]
+    assert at["saving"][1] == artifact.data["ts"], (at, artifact)
+    # Held or not, a follower hears of a stage before its progress.
+    first_step = next(i for i, e in enumerate(events) if "step" in e.data)
+    assert at["denoising"][0] < first_step, events
+
+
 # -- the lifecycle alone, on the same database: what a second worker would do ----------
 
 

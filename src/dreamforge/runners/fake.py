@@ -188,7 +188,7 @@ class FakeRunner:
                 return failed
         cached = request.model.id in self._loaded
         if not cached:
-            time.sleep(self.load_s)
+            self._loading(tick)
             self._load(request.model.id)
         on_message(
             ModelLoaded(request.model.id, 0.0 if cached else self.load_s, cached, "fake", "uint8")
@@ -282,6 +282,15 @@ class FakeRunner:
         if plan.times is not None and self._tries[prompt] > plan.times:
             return None
         return plan
+
+    def _loading(self, tick: Callable[[], Tick]) -> None:
+        """``load_s`` of loading, ticked as the SDXL runner's relay ticks while its child
+        loads (every 0.05 s); only a kill stops a load."""
+        done = time.monotonic() + self.load_s
+        while (left := done - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+            if tick() is Tick.KILL:
+                raise RunnerCrashed("the runner was killed")
 
     def _meet(
         self, trouble: Trouble, tick: Callable[[], Tick], where: Where = Where.STEP

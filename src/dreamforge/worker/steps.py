@@ -2,7 +2,10 @@
 
 The driver turns runner messages into the job's events: stage changes and log lines are
 durable; denoising progress goes to followers at once and to the database at most every
-``progress_persist_s`` (a 100-item, 30-step job must not cost 3,000 transactions). Items a
+``progress_persist_s`` (a 100-item, 30-step job must not cost 3,000 transactions). A stage
+change waits up to ``progress_interval_s`` to be written with whatever comes next (a cached
+model's loading and denoising stages, the saving stage and the image), and is always
+written before anything later reaches a follower. Items a
 previous attempt already stored are skipped, and artifact keys are deterministic, so a
 job run twice stores each image once.
 """
@@ -14,6 +17,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dreamforge.artifacts.keys import artifact_key
 from dreamforge.artifacts.seal import Sealer
@@ -164,6 +168,7 @@ class StepDriver:
             for job_id, job_tick in ticks.items():
                 if job_id in gone:
                     continue
+                runs[job_id].write_due()
                 decision = job_tick()
                 if decision is Tick.CONTINUE:
                     continue
@@ -244,6 +249,10 @@ class _StepRun:
         self._step_model: ModelRef | None = None
         self._work = Stage.UPSCALING if step.type == "upscale" else Stage.DENOISING
         self._working = False  # in the work stage yet (resampling loads nothing first)
+        # Events and job fields waiting to be written with the next write (``_hold``).
+        self._held: list[EventData] = []
+        self._held_fields: dict[str, Any] = {}
+        self._held_since: float | None = None
 
     def _log(self, message: str, stage: Stage | None = None) -> EventData:
         return log_event(message, stage=stage, step_index=self._step.index)
@@ -255,12 +264,16 @@ class _StepRun:
         tick: Callable[[], Tick],
         notes: Sequence[EventData],
     ) -> Failed | None:
-        items = self.begin(model, step_model, notes)
-        if not items:
-            return None
-        request = self.request(model, step_model, items)
+        def ticked() -> Tick:
+            self.write_due()
+            return tick()
+
         try:
-            outcome = self._driver.runner.render(request, self.relay, tick)
+            items = self.begin(model, step_model, notes)
+            if not items:
+                return None
+            request = self.request(model, step_model, items)
+            outcome = self._driver.runner.render(request, self.relay, ticked)
         finally:
             self.flush()
         return self.end(outcome)
@@ -309,10 +322,40 @@ class _StepRun:
         )
 
     def flush(self) -> None:
-        """Write the last progress figure, whatever happened."""
+        """Write what is held and the last progress figure, whatever happened."""
         if self._unsaved is not None:
-            self._driver.jobs.set_progress(self._job.id, self._unsaved)
+            self._held_fields["progress"] = self._unsaved
             self._unsaved = None
+        if self._held:
+            self._write_held()
+        elif self._held_fields:
+            self._driver.jobs.set_progress(self._job.id, self._held_fields.pop("progress"))
+
+    def _hold(self, events: Sequence[EventData], **fields: Any) -> None:
+        """Write ``events`` and ``fields`` with the next write, or by themselves once they
+        have waited ``progress_interval_s`` (``write_due``, at every tick of the runner)."""
+        self._held += events
+        self._held_fields.update(fields)
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+        if self._driver.progress_interval_s <= 0:
+            self._write_held()
+
+    def _take_held(self) -> tuple[list[EventData], dict[str, Any]]:
+        held, fields = self._held, self._held_fields
+        self._held, self._held_fields, self._held_since = [], {}, None
+        return held, fields
+
+    def _write_held(self, events: Sequence[EventData] = ()) -> None:
+        held, fields = self._take_held()
+        self._writer.record(self._job.id, [*held, *events], **fields)
+
+    def write_due(self) -> None:
+        """Write what has been held for ``progress_interval_s`` (a model still loading,
+        an image still being encoded: a follower hears of the stage meanwhile)."""
+        since = self._held_since
+        if since is not None and time.monotonic() - since >= self._driver.progress_interval_s:
+            self._write_held()
 
     def end(self, outcome: Outcome) -> Failed | None:
         """The step's failure, with which items were kept; ``None`` when it finished."""
@@ -335,15 +378,12 @@ class _StepRun:
             else self._items_progress(self._denoised)
         )
         entered = StageData(stage=stage, progress=progress, step_index=self._step.index)
-        self._writer.record(
-            self._job.id,
-            [*before, entered, self._log(message, stage)],
-            stage=stage.value,
-            progress=progress,
+        self._unsaved = None
+        self._hold(
+            [*before, entered, self._log(message, stage)], stage=stage.value, progress=progress
         )
         self._working = stage is self._work
-        self._unsaved = None
-        self._last_persist = time.monotonic()  # the figure was just written
+        self._last_persist = time.monotonic()  # the figure is written with the stage
 
     def relay(self, message: RunnerMessage) -> None:
         if isinstance(message, StepDone):
@@ -363,7 +403,7 @@ class _StepRun:
         elif isinstance(message, ItemRendered):
             self._store(message)
         elif isinstance(message, RunnerNote):
-            self._writer.record(self._job.id, [self._log(message.message)])
+            self._write_held([self._log(message.message)])
 
     def _describe(self) -> str:
         """What the work stage of this step does, for the job's log."""
@@ -407,6 +447,8 @@ class _StepRun:
         persist = now - self._last_persist >= self._driver.progress_persist_s
         if persist:
             self._last_persist = now
+        if self._held:  # a follower hears of the stage before its progress
+            self._write_held()
         self._writer.progress(self._job.id, data, persist)
         self._unsaved = None if persist else progress
         if self._denoised == count:
@@ -444,10 +486,12 @@ class _StepRun:
             created_at=utcnow(),
         )
         self._stored += 1
-        progress = self._items_progress(self._denoised)
+        held, fields = self._take_held()
+        fields["progress"] = self._items_progress(self._denoised)
         self._writer.save_artifact(
             artifact,
             [
+                *held,
                 ArtifactData.of(artifact),
                 self._log(
                     f"stored item {item.item_index} (seed {item.seed}) as {key}, "
@@ -455,6 +499,6 @@ class _StepRun:
                     Stage.SAVING,
                 ),
             ],
-            progress=progress,
+            **fields,
         )
         self._unsaved = None
