@@ -71,6 +71,17 @@ _EVENTS_AFTER = (
     .where(events.c.job_id == bindparam("job_id"), events.c.seq > bindparam("after_seq"))
     .order_by(events.c.seq)
 )
+# Asked for every job a worker takes while batching is on (its batch companions).
+_NEVER_RUN = (
+    select(jobs)
+    .where(
+        jobs.c.status == JobStatus.QUEUED.value,
+        jobs.c.attempts == 0,
+        jobs.c.id != bindparam("skip"),
+    )
+    .order_by(jobs.c.created_at, jobs.c.id)
+    .limit(bindparam("limit"))
+)
 _ARTIFACTS_OF = (
     select(artifacts)
     .where(artifacts.c.job_id == bindparam("job_id"))
@@ -548,18 +559,9 @@ class JobRepository:
 
     def never_run(self, limit: int, skip: str) -> list[Job]:
         """Queued jobs that no worker has tried yet, oldest first (batch companions)."""
-        query = (
-            select(jobs)
-            .where(
-                jobs.c.status == JobStatus.QUEUED.value,
-                jobs.c.attempts == 0,
-                jobs.c.id != skip,
-            )
-            .order_by(jobs.c.created_at, jobs.c.id)
-            .limit(limit)
-        )
         with self._db.reading() as connection:
-            return [_job(row) for row in connection.execute(query)]
+            found = connection.execute(_NEVER_RUN, {"skip": skip, "limit": limit})
+            return [_job(row) for row in found]
 
     def usage(self, tenant: str, since: datetime) -> Usage:
         """The tenant's jobs queued now, and the images its jobs created since ``since``
