@@ -8,7 +8,10 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
+
 from dreamforge.domain.clock import utcnow
+from dreamforge.domain.errors import InvalidRequest, NotFound
 from dreamforge.domain.events import DoneData, JobEvent, ProgressData, log_event, status_event
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.events.follow import JobEvents
@@ -46,4 +49,36 @@ def test_events_that_arrive_out_of_order_are_streamed_in_order(tmp_path: Path) -
     durable = [seq for seq, _ in seen if seq is not None]
     assert durable == [1, 2, 3, 4, 5], seen  # 2 and 3 refilled from the log, in order
     assert (None, "progress") in seen and seen[-1] == (5, "done")
+    db.dispose()
+
+
+def test_a_stream_lets_go_of_its_subscription_however_it_ends(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    db.upgrade()
+    jobs, notifier = JobRepository(db), InProcessNotifier()
+    job_id = str(uuid.uuid4())
+    jobs.create(job_id, SPEC, [status_event(JobStatus.QUEUED)], tenant="acme")
+    events = JobEvents(jobs, notifier, poll_s=30)
+
+    async def scenario() -> None:
+        # Refused before anything streams: another tenant's job, a position past its end.
+        with pytest.raises(NotFound):
+            await events.open(job_id, 0, tenant="other")
+        with pytest.raises(InvalidRequest) as past:
+            await events.open(job_id, 2, "Last-Event-ID", tenant="acme")
+        assert past.value.errors[0].field == "Last-Event-ID"
+        assert not notifier.follows(job_id)
+        # Opened, then closed without being read (a client gone before the first byte).
+        stream = await events.open(job_id, 0, tenant="acme")
+        assert notifier.follows(job_id)
+        stream.close()
+        assert not notifier.follows(job_id)
+        # Read to its end.
+        stream = await events.open(job_id, 0, tenant="acme")
+        jobs.record(job_id, [DoneData(status=JobStatus.CANCELED, error=None)])
+        notifier.publish(job_id, jobs.events(job_id, 1))
+        seen = [e.type.value async for batch in stream for e in batch]
+        assert seen == ["status", "done"] and not notifier.follows(job_id)
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
     db.dispose()

@@ -195,6 +195,17 @@ def test_a_resumed_stream_gets_the_progress_of_a_running_job_at_once(fake: FakeS
     wait_for(fake.client, job["id"], {"canceled"})
 
 
+def test_a_client_that_leaves_a_stream_leaves_nothing_behind(fake: FakeServer) -> None:
+    job = submit(fake.client, prompt="left while running", steps=150)
+    assert len(read_stream(fake.client, job["id"], limit=2)) == 2  # then the client goes
+    deadline = time.monotonic() + 5
+    while fake.runtime.notifier.follows(job["id"]):
+        assert time.monotonic() < deadline, "the stream still holds its subscription"
+        time.sleep(0.02)
+    fake.client.post(job["links"]["cancel"])
+    wait_for(fake.client, job["id"], {"canceled"})
+
+
 def step_arrivals(client: httpx.Client, job_id: str) -> list[tuple[int, float]]:
     """Each denoising step the job's stream reports, and when it arrived, to the end."""
     arrivals: list[tuple[int, float]] = []

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
-from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from dreamforge.api.deps import Events, JobId, Jobs, Reader, SsePing
 from dreamforge.api.schemas import (
@@ -21,6 +21,7 @@ from dreamforge.api.schemas import (
 from dreamforge.api.wire import sse_frames
 from dreamforge.domain.events import EventType
 from dreamforge.domain.progress import STAGE_WEIGHTS
+from dreamforge.events.follow import JobStream
 
 router = APIRouter(prefix="/v1/jobs", tags=["progress"], responses=access_responses())
 
@@ -97,10 +98,25 @@ async def stream(
     start = last_event_id if last_event_id is not None else (after or 0)
     field = "Last-Event-ID" if last_event_id is not None else "after"
     # A 404 or 422 before the stream opens.
-    await run_in_threadpool(events.resumable, job_id, start, field, caller.tenant)
+    job_stream = await events.open(job_id, start, field, caller.tenant)
 
     async def messages() -> AsyncIterator[bytes]:
-        async for batch in events.follow(job_id, start):
+        async for batch in job_stream:
             yield sse_frames(batch)
 
-    return EventSourceResponse(messages(), ping=ping_s)
+    return _Stream(job_stream, messages(), ping=ping_s)
+
+
+class _Stream(EventSourceResponse):
+    """Lets go of the job's stream when the response ends, however it ends: a client gone
+    before the first byte leaves a generator that never ran, whose own cleanup never runs."""
+
+    def __init__(self, job_stream: JobStream, content: AsyncIterator[bytes], ping: float) -> None:
+        super().__init__(content, ping=ping)
+        self._job_stream = job_stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job_stream.close()
