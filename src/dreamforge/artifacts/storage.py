@@ -46,10 +46,11 @@ class LocalStorage:
         self.root = root
         self._signer = signer
         root.mkdir(parents=True, exist_ok=True)
+        self._real_root = root.resolve()  # resolving walks the path: once, not per key
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        path = (self._real_root / key).resolve()
+        if not path.is_relative_to(self._real_root):
             raise ValueError(f"artifact key {key!r} escapes the storage root")
         return path
 
@@ -75,7 +76,7 @@ class LocalStorage:
         path.unlink(missing_ok=True)
         # An emptied job folder goes too (the key's parents, up to the root).
         for parent in path.parents:
-            if parent == self.root.resolve() or not parent.is_relative_to(self.root.resolve()):
+            if parent == self._real_root or not parent.is_relative_to(self._real_root):
                 break
             try:
                 parent.rmdir()
