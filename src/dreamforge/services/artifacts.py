@@ -30,12 +30,15 @@ class ArtifactService:
         self._url_ttl_s = url_ttl_s
 
     def list(self, job_id: str, tenant: str, base_url: str) -> list[ArtifactLink]:
-        """The job's artifacts in step and item order, each with a fresh URL."""
-        self._jobs.require(job_id, tenant)
+        """The job's artifacts in step and item order, each with a fresh URL; another
+        tenant's job is as absent as one that never was."""
+        found = self._jobs.tenant_and_artifacts(job_id)
+        if found is None or found[0] != tenant:
+            raise NotFound("job", job_id)
         expires_at = utcnow() + timedelta(seconds=self._url_ttl_s)
         return [
             ArtifactLink(a, self._storage.url(a.key, self._url_ttl_s, base_url), expires_at)
-            for a in self._jobs.artifacts(job_id)
+            for a in found[1]
         ]
 
     def content(self, artifact: Artifact) -> bytes:

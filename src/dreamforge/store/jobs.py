@@ -66,6 +66,7 @@ artifacts = cast(Table, ArtifactRow.__table__)
 # statement and its cache key than SQLite spends running it (0.11 ms against 0.07 ms for a
 # job by id, prebuilt).
 _JOB_BY_ID = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_TENANT_OF = select(jobs.c.tenant).where(jobs.c.id == bindparam("job_id"))
 _EVENTS_AFTER = (
     select(events)
     .where(events.c.job_id == bindparam("job_id"), events.c.seq > bindparam("after_seq"))
@@ -556,6 +557,16 @@ class JobRepository:
     def artifacts(self, job_id: str) -> list[Artifact]:
         with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, {"job_id": job_id})]
+
+    def tenant_and_artifacts(self, job_id: str) -> tuple[str, list[Artifact]] | None:
+        """The job's tenant and its artifacts, read in one transaction (what a listing
+        needs); ``None`` if there is no such job."""
+        params = {"job_id": job_id}
+        with self._db.reading() as connection:
+            tenant = connection.execute(_TENANT_OF, params).scalar_one_or_none()
+            if tenant is None:
+                return None
+            return tenant, [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, params)]
 
     def never_run(self, limit: int, skip: str) -> list[Job]:
         """Queued jobs that no worker has tried yet, oldest first (batch companions)."""
