@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         description="The shortest time between two live progress events of a job: steps "
         "that finish sooner are reported by the next one (the first and last step of a "
         "micro-batch always are). A stage change waits as long at most to be written "
-        "with the next event (never after one that follows it). 0 reports every step and "
+        "with the worker's next event, and always before it. 0 reports every step and "
         "writes every stage change at once.",
     )
     retry_max_attempts: int = Field(
