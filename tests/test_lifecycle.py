@@ -254,7 +254,10 @@ def test_stage_changes_moments_apart_are_written_together_and_a_slow_load_is_hea
             e.data["stage"]: (i, e.data["ts"]) for i, e in enumerate(events) if e.type == "stage"
         }
 
-    with serving_fake(tmp_path, tiny_model_dir, FakeRunner(step_s=0.01, load_s=0.6)) as server:
+    # A progress interval of seconds (an operator cutting traffic) does not hold stage
+    # changes longer than 0.1 s.
+    runner = FakeRunner(step_s=0.01, load_s=0.6)
+    with serving_fake(tmp_path, tiny_model_dir, runner, progress_interval_s=5.0) as server:
         server.runner.stop()  # as a recycled process: the preloaded model is gone
         first = submit(server.client, prompt="the model loads for 0.6 s", steps=4)
         arrivals: dict[str, float] = {}

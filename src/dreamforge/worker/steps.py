@@ -3,9 +3,9 @@
 The driver turns runner messages into the job's events: stage changes and log lines are
 durable; denoising progress goes to followers at once and to the database at most every
 ``progress_persist_s`` (a 100-item, 30-step job must not cost 3,000 transactions). A stage
-change waits up to ``progress_interval_s`` to be written with whatever comes next (a cached
-model's loading and denoising stages, the saving stage and the image), and is always
-written before anything later reaches a follower. Items a
+change waits up to ``STAGE_HOLD_S`` (or ``progress_interval_s`` if shorter) to be written
+with whatever comes next (a cached model's loading and denoising stages, the saving stage
+and the image), and is always written before anything later reaches a follower. Items a
 previous attempt already stored are skipped, and artifact keys are deterministic, so a
 job run twice stores each image once.
 """
@@ -50,6 +50,11 @@ from dreamforge.runners.protocol import (
 )
 from dreamforge.store.jobs import JobRepository
 
+# The longest a stage change waits to be written with the next event: short enough that a
+# follower does not notice, long enough to span a cached model's load or a small image's
+# encoding. Not the progress interval itself, which an operator may raise to seconds.
+STAGE_HOLD_S = 0.1
+
 
 @dataclass(frozen=True)
 class JobOutcome:
@@ -91,6 +96,7 @@ class StepDriver:
         self.sealer = sealer  # None: images stored unsealed (tests of other things)
         self.tile_px = tile_px
         self.progress_interval_s = progress_interval_s
+        self.stage_hold_s = min(progress_interval_s, STAGE_HOLD_S)
 
     def drive(
         self, job: Job, tick: Callable[[], Tick], notes: Sequence[EventData] = ()
@@ -333,12 +339,12 @@ class _StepRun:
 
     def _hold(self, events: Sequence[EventData], **fields: Any) -> None:
         """Write ``events`` and ``fields`` with the next write, or by themselves once they
-        have waited ``progress_interval_s`` (``write_due``, at every tick of the runner)."""
+        have waited ``stage_hold_s`` (``write_due``, at every tick of the runner)."""
         self._held += events
         self._held_fields.update(fields)
         if self._held_since is None:
             self._held_since = time.monotonic()
-        if self._driver.progress_interval_s <= 0:
+        if self._driver.stage_hold_s <= 0:
             self._write_held()
 
     def _take_held(self) -> tuple[list[EventData], dict[str, Any]]:
@@ -351,10 +357,10 @@ class _StepRun:
         self._writer.record(self._job.id, [*held, *events], **fields)
 
     def write_due(self) -> None:
-        """Write what has been held for ``progress_interval_s`` (a model still loading,
+        """Write what has been held for ``stage_hold_s`` (a model still loading,
         an image still being encoded: a follower hears of the stage meanwhile)."""
         since = self._held_since
-        if since is not None and time.monotonic() - since >= self._driver.progress_interval_s:
+        if since is not None and time.monotonic() - since >= self._driver.stage_hold_s:
             self._write_held()
 
     def end(self, outcome: Outcome) -> Failed | None:
