@@ -329,13 +329,13 @@ class _StepRun:
 
     def flush(self) -> None:
         """Write what is held and the last progress figure, whatever happened."""
-        if self._unsaved is not None:
-            self._held_fields["progress"] = self._unsaved
-            self._unsaved = None
+        unsaved, self._unsaved = self._unsaved, None
         if self._held:
+            if unsaved is not None:
+                self._held_fields["progress"] = unsaved
             self._write_held()
-        elif self._held_fields:
-            self._driver.jobs.set_progress(self._job.id, self._held_fields.pop("progress"))
+        elif unsaved is not None:
+            self._driver.jobs.set_progress(self._job.id, unsaved)
 
     def _hold(self, events: Sequence[EventData], **fields: Any) -> None:
         """Write ``events`` and ``fields`` with the next write, or by themselves once they
