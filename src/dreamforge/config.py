@@ -174,9 +174,10 @@ class Settings(BaseSettings):
         ge=0,
         description="The shortest time between two live progress events of a job: steps "
         "that finish sooner are reported by the next one (the first and last step of a "
-        "micro-batch always are). A stage change waits as long at most (0.1 s if this is "
-        "longer) to be written with the worker's next event, and always before it. 0 "
-        "reports every step and writes every stage change at once.",
+        "micro-batch always are). A stage change waits as long (0.1 s if this is longer) "
+        "to be written with the worker's next event, and always before it; 0.3 s at most "
+        "while the renderer is silent. 0 reports every step and writes every stage change "
+        "at once.",
     )
     retry_max_attempts: int = Field(
         3,

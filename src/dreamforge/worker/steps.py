@@ -50,9 +50,11 @@ from dreamforge.runners.protocol import (
 )
 from dreamforge.store.jobs import JobRepository
 
-# The longest a stage change waits to be written with the next event: short enough that a
+# How long a stage change waits to be written with the next event: short enough that a
 # follower does not notice, long enough to span a cached model's load or a small image's
-# encoding. Not the progress interval itself, which an operator may raise to seconds.
+# encoding. Not the progress interval itself, which an operator may raise to seconds. What
+# has waited this long is written at the runner's next tick (a silent SDXL child is ticked
+# every 0.2 s).
 STAGE_HOLD_S = 0.1
 
 
