@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from dreamforge import cli_remote
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.cli import app
 from tests.conftest import free_port
@@ -84,10 +87,15 @@ def test_ctrl_c_cancels_the_job(fake: FakeServer, tmp_path: Path) -> None:  # no
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_jobs_list_show_logs_and_cancel(fake: FakeServer) -> None:  # noqa: F811
+def test_jobs_list_show_logs_and_cancel(
+    fake: FakeServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     url = str(fake.client.base_url)
     runner = CliRunner()
-    env = {"DREAMFORGE_URL": url, "COLUMNS": "200"}
+    env = {"DREAMFORGE_URL": url}
+    # An 80-column terminal: the ids a user copies into the next command stay whole.
+    monkeypatch.setattr(cli_remote, "console", Console(width=80))
     job = submit(fake.client, prompt="listed", steps=2)
     followed = runner.invoke(app, ["jobs", "logs", job["id"], "--follow"], env=env)
     assert followed.exit_code == 0, followed.output

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamforge import logs
-from dreamforge.cli_remote import generate, jobs_app
+from dreamforge.cli_remote import generate, id_column, jobs_app
 from dreamforge.config import Settings
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
@@ -394,7 +394,7 @@ def model_pull(
 def model_list(data_dir: DataDir = None) -> None:
     """Show the registered models."""
     _, registry = _registry(data_dir)
-    table = Table("id", "status", "architecture", "format", "size", "sha256", "source")
+    table = Table(id_column("id"), "status", "architecture", "format", "size", "sha256", "source")
     for model in registry.list():
         table.add_row(
             model.id,
@@ -468,7 +468,7 @@ def _dead_letters(data_dir: Path | None) -> tuple[Settings, DeadLetterQueue]:
 def dlq_list(data_dir: DataDir = None) -> None:
     """Show the jobs in the dead-letter queue, newest first."""
     _, dead_letters = _dead_letters(data_dir)
-    table = Table("job", "failed", "attempts", "code", "error")
+    table = Table(id_column("job"), "failed", "attempts", "code", "error")
     for job in dead_letters.list():
         assert job.error is not None and job.dead_lettered_at is not None
         table.add_row(
@@ -546,7 +546,7 @@ def key_create(
 @key_app.command("list")
 def key_list(data_dir: DataDir = None) -> None:
     """Show the keys (never the keys themselves: only their ids)."""
-    table = Table("id", "tenant", "scopes", "created", "revoked")
+    table = Table(id_column("id"), "tenant", "scopes", "created", "revoked")
     for key in _access(data_dir).list():
         table.add_row(
             key.id,

@@ -14,7 +14,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from dreamforge.client import ApiError, Client, Event, EventType, JobRequest, JobStatus
 from dreamforge.domain.events import ArtifactData, DoneData, LogData, ProgressData
@@ -24,6 +24,12 @@ jobs_app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+
+
+def id_column(header: str) -> Column:
+    """A column of ids, which users copy into their next command: never cut short, however
+    narrow the terminal; the other columns give way."""
+    return Column(header, no_wrap=True)
 
 
 def _local_url() -> str:
@@ -167,7 +173,8 @@ def jobs_list(
     """Jobs, newest first."""
     with _server(url, api_key) as forge:
         page = forge.jobs(status, limit, cursor)
-    table = Table("id", "status", "progress", "images", "created", "prompt")
+    status_column = Column("status", no_wrap=True)  # a word, which a cut would lose
+    table = Table(id_column("id"), status_column, "progress", "images", "created", "prompt")
     for job in page.data:
         table.add_row(
             job.id,
