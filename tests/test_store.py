@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from dreamforge.domain.clock import utcnow
+from dreamforge.domain.errors import NotFound
 from dreamforge.domain.events import EventType, log_event, status_event
 from dreamforge.domain.jobs import (
     ALLOWED_TRANSITIONS,
@@ -52,19 +53,23 @@ def test_a_job_round_trips_with_its_spec(database: Database) -> None:
     assert job.created_at.tzinfo is not None
 
 
-def test_a_listing_reads_a_jobs_tenant_and_artifacts_in_item_order(database: Database) -> None:
+def test_a_jobs_artifacts_are_read_in_item_order_and_only_for_its_tenant(
+    database: Database,
+) -> None:
     jobs = JobRepository(database)
     job_id = new_job(jobs)
-    assert jobs.tenant_and_artifacts(job_id) == ("default", [])
+    assert jobs.require_artifacts(job_id, "default") == []
+    with pytest.raises(NotFound):
+        jobs.require_artifacts(job_id, "another-tenant")
     for item in (1, 0):
         key = f"{job_id}/generate-{item}.png"
         artifact = Artifact(
             job_id, 0, "generate", item, key, "image/png", 3, "ab", 64, 64, 7, utcnow()
         )
         jobs.save_artifact(artifact, [])
-    found = jobs.tenant_and_artifacts(job_id)
-    assert found is not None and [a.item_index for a in found[1]] == [0, 1]
-    assert jobs.tenant_and_artifacts(str(uuid.uuid4())) is None
+    assert [a.item_index for a in jobs.require_artifacts(job_id)] == [0, 1]
+    with pytest.raises(NotFound):
+        jobs.require_artifacts(str(uuid.uuid4()))
 
 
 def test_only_one_of_two_workers_claims_a_job(database: Database) -> None:

@@ -32,13 +32,11 @@ class ArtifactService:
     def list(self, job_id: str, tenant: str, base_url: str) -> list[ArtifactLink]:
         """The job's artifacts in step and item order, each with a fresh URL; another
         tenant's job is as absent as one that never was."""
-        found = self._jobs.tenant_and_artifacts(job_id)
-        if found is None or found[0] != tenant:
-            raise NotFound("job", job_id)
+        artifacts = self._jobs.require_artifacts(job_id, tenant)
         expires_at = utcnow() + timedelta(seconds=self._url_ttl_s)
         return [
             ArtifactLink(a, self._storage.url(a.key, self._url_ttl_s, base_url), expires_at)
-            for a in found[1]
+            for a in artifacts
         ]
 
     def content(self, artifact: Artifact) -> bytes:

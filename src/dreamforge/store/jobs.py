@@ -246,6 +246,12 @@ def _insert_events(
     return appended
 
 
+def _visible_to(tenant: str | None, owner: str | None) -> bool:
+    """Whether a job of ``owner`` (``None``: no such job) is there for ``tenant`` (``None``:
+    for anyone): another tenant's job is as absent as one that never was."""
+    return owner is not None and (tenant is None or owner == tenant)
+
+
 class JobRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -469,7 +475,7 @@ class JobRepository:
         """The job; ``NotFound`` if there is none, or if it is not ``tenant``'s: another
         tenant's job is as absent as one that never was."""
         job = self.get(job_id)
-        if job is None or (tenant is not None and job.tenant != tenant):
+        if job is None or not _visible_to(tenant, job.tenant):
             raise NotFound("job", job_id)
         return job
 
@@ -558,15 +564,15 @@ class JobRepository:
         with self._db.reading() as connection:
             return [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, {"job_id": job_id})]
 
-    def tenant_and_artifacts(self, job_id: str) -> tuple[str, list[Artifact]] | None:
-        """The job's tenant and its artifacts, read in one transaction (what a listing
-        needs); ``None`` if there is no such job."""
+    def require_artifacts(self, job_id: str, tenant: str | None = None) -> list[Artifact]:
+        """The job's artifacts in step and item order, read with its tenant in one
+        transaction; ``NotFound`` as ``require`` says."""
         params = {"job_id": job_id}
         with self._db.reading() as connection:
-            tenant = connection.execute(_TENANT_OF, params).scalar_one_or_none()
-            if tenant is None:
-                return None
-            return tenant, [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, params)]
+            owner = connection.execute(_TENANT_OF, params).scalar_one_or_none()
+            if not _visible_to(tenant, owner):
+                raise NotFound("job", job_id)
+            return [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, params)]
 
     def never_run(self, limit: int, skip: str) -> list[Job]:
         """Queued jobs that no worker has tried yet, oldest first (batch companions)."""
