@@ -176,8 +176,8 @@ class Settings(BaseSettings):
         "that finish sooner are reported by the next one (the first and last step of a "
         "micro-batch always are). A stage change waits as long (0.1 s if this is longer) "
         "to be written with the worker's next event, and always before it; 0.3 s at most "
-        "while the renderer is silent. 0 reports every step and writes every stage change "
-        "at once.",
+        "while the local renderer is silent (a remote job's: up to its poll interval). 0 "
+        "reports every step and writes every stage change at once.",
     )
     retry_max_attempts: int = Field(
         3,

@@ -54,7 +54,7 @@ from dreamforge.store.jobs import JobRepository
 # follower does not notice, long enough to span a cached model's load or a small image's
 # encoding. Not the progress interval itself, which an operator may raise to seconds. What
 # has waited this long is written at the runner's next tick (a silent SDXL child is ticked
-# every 0.2 s).
+# every ``runners.process.QUIET_TICK_S``, a remote prediction every ``remote_poll_s``).
 STAGE_HOLD_S = 0.1
 
 
