@@ -5,6 +5,8 @@ of the log, never an event or the order."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from dreamforge.domain.events import DoneData, JobEvent, ProgressData, log_event
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.events.follow import JobEvents
 from dreamforge.events.notifier import InProcessNotifier
+from dreamforge.events.redis_notifier import RedisNotifier
 from dreamforge.store.db import Database
 from dreamforge.store.jobs import JobRepository
 from tests.test_store import SPEC
@@ -82,3 +85,37 @@ def test_a_stream_lets_go_of_its_subscription_however_it_ends(tmp_path: Path) ->
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
     db.dispose()
+
+
+def test_a_cancel_signal_is_handed_to_every_listener_even_after_one_fails() -> None:
+    notifier = InProcessNotifier()
+    heard: list[str] = []
+
+    def broken(job_id: str) -> None:
+        raise RuntimeError("a listener that fails")
+
+    notifier.on_cancel(broken)
+    notifier.on_cancel(heard.append)
+    notifier.publish_cancel("job-1")
+    assert heard == ["job-1"] and notifier.cancel_requested("job-1")
+    notifier.forget_cancel("job-1")
+    assert not notifier.cancel_requested("job-1")
+
+
+def test_a_cancel_published_by_one_process_reaches_the_listeners_of_another(
+    redis_url: str,
+) -> None:
+    namespace = f"dreamforge-test-{uuid.uuid4().hex[:8]}"
+    api, worker = RedisNotifier(redis_url, namespace), RedisNotifier(redis_url, namespace, False)
+    heard = threading.Event()
+    worker.on_cancel(lambda job_id: job_id == "job-2" and heard.set())
+    try:
+        # The worker's listener subscribes on its own thread: publish until it hears.
+        deadline = time.monotonic() + 10
+        while not heard.is_set() and time.monotonic() < deadline:
+            api.publish_cancel("job-2")
+            heard.wait(0.2)
+        assert heard.is_set() and worker.cancel_requested("job-2")
+    finally:
+        api.close()
+        worker.close()

@@ -3,11 +3,15 @@ first and last step of each micro-batch always."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from dreamforge.domain.errors import ErrorCode
 from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
+    Failed,
     ItemRendered,
     ItemToRender,
     RenderRequest,
@@ -65,3 +69,37 @@ def test_the_pipeline_process_reports_steps_as_often_as_asked(tiny_model_dir: Pa
         assert (every, steps_reported(runner, hourly)) == ([1, 2, 3, 4], [1, 4])
     finally:
         runner.stop()
+
+
+def test_a_woken_pipeline_process_is_asked_at_once_and_a_cancel_stops_it(
+    tiny_model_dir: Path,
+) -> None:
+    # Silent between its first and last step, and ticked only every 60 s when silent:
+    # only a wake can get the cancel to it before the 400 steps are done.
+    spec = tiny_spec(steps=400, seed=3, item_seeds=(3,))
+    request = RenderRequest(
+        spec, model_of(tiny_model_dir), (ItemToRender(0, 3),), progress_interval_s=3600
+    )
+    runner = SdxlProcessRunner("cpu")
+    canceled = threading.Event()
+    woken_at: list[float] = []
+    ticked_at: list[float] = []
+
+    def cancel_soon(message: RunnerMessage) -> None:
+        if isinstance(message, StepDone) and message.step == 1:
+            threading.Timer(
+                0.3, lambda: (canceled.set(), woken_at.append(time.monotonic()), runner.wake())
+            ).start()
+
+    def tick() -> Tick:
+        if canceled.is_set():
+            ticked_at.append(time.monotonic())
+            return Tick.CANCEL
+        return Tick.CONTINUE
+
+    try:
+        outcome = runner.render(request, cancel_soon, tick, poll_s=60)
+    finally:
+        runner.stop()
+    assert isinstance(outcome, Failed) and outcome.code is ErrorCode.CANCELED
+    assert ticked_at and ticked_at[0] - woken_at[0] < 5

@@ -15,7 +15,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import structlog
+
 from dreamforge.domain.events import JobEvent
+
+log = structlog.get_logger(__name__)
 
 
 class Subscription(Protocol):
@@ -38,6 +42,11 @@ class Notifier(Protocol):
 
     def cancel_requested(self, job_id: str) -> bool:
         """Cheap and local: whether a cancel signal for the job has reached this process."""
+        ...
+
+    def on_cancel(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with the job id of each cancel signal that reaches this
+        process, on the thread that brings it: a worker wakes its runner with it."""
         ...
 
     def forget_cancel(self, job_id: str) -> None: ...
@@ -117,6 +126,7 @@ class InProcessNotifier:
     def __init__(self) -> None:
         self._subscribers = SubscriberSet()
         self._canceled: set[str] = set()
+        self._cancel_listeners: list[Callable[[str], None]] = []
 
     def subscribe(self, job_id: str) -> LocalSubscription:
         return self._subscribers.add(job_id)
@@ -129,6 +139,14 @@ class InProcessNotifier:
 
     def publish_cancel(self, job_id: str) -> None:
         self._canceled.add(job_id)
+        for listener in self._cancel_listeners:
+            try:
+                listener(job_id)
+            except Exception:  # the flag is set: the worker's next tick sees it anyway
+                log.warning("notifier.cancel_listener_failed", job_id=job_id, exc_info=True)
+
+    def on_cancel(self, listener: Callable[[str], None]) -> None:
+        self._cancel_listeners.append(listener)
 
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self._canceled

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -85,6 +85,9 @@ class RedisNotifier:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self._local.cancel_requested(job_id)
+
+    def on_cancel(self, listener: Callable[[str], None]) -> None:
+        self._local.on_cancel(listener)
 
     def forget_cancel(self, job_id: str) -> None:
         self._local.forget_cancel(job_id)

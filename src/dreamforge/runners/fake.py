@@ -132,6 +132,9 @@ class FakeRunner:
     def memory(self) -> DeviceMemory:
         return self._reported or self.device.report()
 
+    def wake(self) -> None:
+        pass  # it ticks after every step anyway
+
     def recycle(self) -> DeviceMemory:
         self.stop()
         return self.memory()

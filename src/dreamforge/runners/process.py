@@ -14,6 +14,7 @@ import multiprocessing.connection
 import os
 import select
 import threading
+import weakref
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -47,10 +48,11 @@ _CHILDREN = multiprocessing.get_context("forkserver")
 _CHILDREN.set_forkserver_preload(["dreamforge.runners.sdxl"])
 
 # How long the relay waits on a silent child before it ticks anyway. The worker also ticks
-# after every message, and the child sends one at least every progress interval while it
-# denoises, so this only paces the quiet stretches (a model load, a long step, an image
-# being encoded): a kill is that late at most, and a cancel waits for the next step anyway.
-# Each tick is a thread waking: at 0.05 s, the quiet ticks cost ~9% of a small job's CPU.
+# after every message (the child sends one at least every progress interval while it
+# denoises) and at once when woken (a cancel, a shutdown), so this only paces the quiet
+# stretches (a model load, a long step, an image being encoded) for what nobody announces:
+# a time limit, a lease to renew. Each tick is a thread waking: at 0.05 s, the quiet ticks
+# cost ~9% of a small job's CPU.
 QUIET_TICK_S = 0.2
 
 
@@ -113,6 +115,33 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError)
 
 
+class _Doorbell:
+    """A pipe that any thread rings to wake a ``poll`` on its read end at once."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        weakref.finalize(self, _close, self._read, self._write)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def ring(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: it rings already
+            os.write(self._write, b"\0")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 class SdxlProcessRunner:
     """The SDXL runner in a child process (see the module docstring)."""
 
@@ -134,6 +163,7 @@ class SdxlProcessRunner:
         self._starting: threading.Thread | None = None
         self._memory: DeviceMemory | None = None
         self._poller = select.poll()
+        self._doorbell = _Doorbell()  # wake(): the relay ticks now, not at its next message
 
     @property
     def pid(self) -> int | None:
@@ -161,10 +191,14 @@ class SdxlProcessRunner:
         # call, and the relay loop polls once per denoising step.
         self._poller = select.poll()
         self._poller.register(parent.fileno(), select.POLLIN)
+        self._poller.register(self._doorbell.fileno(), select.POLLIN)
         log.info("runner.started", pid=self._process.pid)
 
     def memory(self) -> DeviceMemory | None:
         return self._memory
+
+    def wake(self) -> None:
+        self._doorbell.ring()
 
     def render(
         self,
@@ -205,8 +239,12 @@ class SdxlProcessRunner:
         poll_s: float,
     ) -> Outcome:
         assert self._conn is not None
+        pipe = self._conn.fileno()
         while True:
-            if self._poller.poll(poll_s * 1000):
+            ready = [fd for fd, _ in self._poller.poll(poll_s * 1000)]
+            if self._doorbell.fileno() in ready:
+                self._doorbell.clear()
+            if pipe in ready:
                 try:
                     message = self._conn.recv()
                 except (EOFError, OSError) as exc:

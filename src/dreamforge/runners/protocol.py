@@ -3,7 +3,7 @@
 A runner renders one step's items of a job and reports each denoising step, each finished
 item and the outcome as typed messages (the SDXL runner pickles them over a pipe from its
 child process). The worker steers it between steps through ``tick``: go on, cancel at the
-next step, or kill now.
+next step, or kill now; ``wake`` has it ask at once.
 """
 
 from __future__ import annotations
@@ -211,6 +211,11 @@ class Runner(Protocol):
     ) -> Outcome:
         """Render the request's items, handing each message to ``on_message`` and asking
         ``tick`` between messages; raises ``RunnerCrashed`` if it died or was killed."""
+        ...
+
+    def wake(self) -> None:
+        """Ask ``tick`` now rather than at the next message: the worker has news (a cancel,
+        a shutdown). Safe from any thread."""
         ...
 
     def memory(self) -> DeviceMemory | None:

@@ -106,10 +106,14 @@ class JobLifecycle:
         # None: every job renders on its own; else how long to wait for batch companions.
         self._batch_window_s = batch_window_s
         self._stopping = threading.Event()
+        # A cancel's signal wakes the runner, whose next tick finds it: the job stops at
+        # the step under way, not at the step after the runner's next message.
+        notifier.on_cancel(lambda _job_id: driver.runner.wake())
 
     def stop(self) -> None:
         """Hand the job in hand back to the queue instead of finishing it (shutdown)."""
         self._stopping.set()
+        self._driver.runner.wake()
 
     def run(self, job_id: str) -> JobStatus | None:
         """Run the job if it can be claimed; its final status, or ``None`` if not ours."""
