@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dreamforge.domain.access import visible_to
 from dreamforge.domain.jobs import (
     JobRequest,
     JobSpec,
@@ -103,3 +104,18 @@ def test_progress_is_monotonic_through_the_stages() -> None:
     assert points == sorted(points)
     assert points[0] == 0.0 and points[-1] == 1.0
     assert overall_progress(Stage.SAVING, 1.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "owner", "visible"),
+    [
+        ("acme", "acme", True),
+        ("acme", "other", False),
+        (None, "other", True),  # no tenant: the admin's view
+        ("acme", None, False),  # there is no such job
+    ],
+)
+def test_a_tenant_sees_its_own_and_an_admin_everyones(
+    tenant: str | None, owner: str | None, visible: bool
+) -> None:
+    assert visible_to(tenant, owner) is visible

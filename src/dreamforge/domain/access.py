@@ -28,6 +28,13 @@ class Scope(StrEnum):
     ADMIN = "admin"  # the dead-letter queue, every tenant's jobs in it
 
 
+def visible_to(tenant: str | None, owner: str | None) -> bool:
+    """Whether a job or download of ``owner`` (``None``: there is none) is there for
+    ``tenant`` (``None``: for anyone, as for an admin): another tenant's is as absent as
+    one that never was."""
+    return owner is not None and (tenant is None or owner == tenant)
+
+
 @dataclass(frozen=True)
 class Caller:
     """The tenant a request acts for and its scopes; ``key_id`` is ``None`` when the

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import datetime
 
+from dreamforge.domain.access import visible_to
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import FieldProblem, InvalidRequest, NotFound
 from dreamforge.domain.events import EventType, JobEvent, ProgressData
@@ -72,7 +73,7 @@ class JobEvents:
         subscription = self._notifier.subscribe(job_id)
         try:
             job, replay = await asyncio.to_thread(self._jobs.with_events, job_id, after)
-            if job is None or (tenant is not None and job.tenant != tenant):
+            if job is None or not visible_to(tenant, job.tenant):
                 raise NotFound("job", job_id)
             if after > job.last_seq:
                 raise InvalidRequest(

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 
+from dreamforge.domain.access import visible_to
 from dreamforge.domain.errors import FieldProblem, InvalidRequest, NotFound
 from dreamforge.domain.events import EventType
 from dreamforge.domain.records import Download
@@ -44,7 +45,7 @@ class DownloadService:
 
     def get(self, download_id: str, tenant: str) -> Download:
         download = self._downloads.get(download_id)
-        if download is None or download.tenant != tenant:
+        if download is None or not visible_to(tenant, download.tenant):
             raise NotFound("download", download_id)
         return download
 

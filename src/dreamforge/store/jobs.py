@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from dreamforge.domain.access import DEFAULT_TENANT
+from dreamforge.domain.access import DEFAULT_TENANT, visible_to
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.errors import JobError, NotFound
 from dreamforge.domain.events import EventData, EventType, JobEvent
@@ -244,12 +244,6 @@ def _insert_events(
             ],
         )
     return appended
-
-
-def _visible_to(tenant: str | None, owner: str | None) -> bool:
-    """Whether a job of ``owner`` (``None``: no such job) is there for ``tenant`` (``None``:
-    for anyone): another tenant's job is as absent as one that never was."""
-    return owner is not None and (tenant is None or owner == tenant)
 
 
 class JobRepository:
@@ -475,7 +469,7 @@ class JobRepository:
         """The job; ``NotFound`` if there is none, or if it is not ``tenant``'s: another
         tenant's job is as absent as one that never was."""
         job = self.get(job_id)
-        if job is None or not _visible_to(tenant, job.tenant):
+        if job is None or not visible_to(tenant, job.tenant):
             raise NotFound("job", job_id)
         return job
 
@@ -570,7 +564,7 @@ class JobRepository:
         params = {"job_id": job_id}
         with self._db.reading() as connection:
             owner = connection.execute(_TENANT_OF, params).scalar_one_or_none()
-            if not _visible_to(tenant, owner):
+            if not visible_to(tenant, owner):
                 raise NotFound("job", job_id)
             return [_artifact(r) for r in connection.execute(_ARTIFACTS_OF, params)]
 
