@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import inspect
 from typer.testing import CliRunner
@@ -54,8 +55,18 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
         # The model was built, and the job rendered, in processes of their own: the server
         # never loaded torch, which it would carry (~750 MB) for as long as it runs.
         assert "libtorch" not in Path(f"/proc/{server.pid}/maps").read_text()
+        tracker = [
+            p
+            for p in psutil.Process(server.pid).children()
+            if "resource_tracker" in " ".join(p.cmdline())
+        ]
     finally:
         server.stop(signal.SIGTERM)
+    # uvicorn ends by the signal it was sent, so no exit handler runs: what the process
+    # made for its children must be let go of before, or multiprocessing's resource
+    # tracker reports it leaked once the server is gone.
+    psutil.wait_procs(tracker, timeout=10)
+    assert "leaked" not in server.log.read_text()
 
 
 def test_dlq_lists_retries_and_purges_dead_lettered_jobs(tmp_path: Path) -> None:

@@ -158,7 +158,9 @@ class SdxlProcessRunner:
         self._context = _CHILDREN
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
-        self._cancel: Event = self._context.Event()
+        # Made with each child, and let go with it: a process that ends by a signal runs no
+        # finalizers, and its semaphores would be reported leaked at exit.
+        self._cancel: Event | None = None
         self._preloading = False
         self._starting: threading.Thread | None = None
         self._memory: DeviceMemory | None = None
@@ -178,6 +180,7 @@ class SdxlProcessRunner:
         if self.alive:
             return
         parent, child = self._context.Pipe()
+        self._cancel = self._context.Event()
         self._process = self._context.Process(
             target=_child_main,
             args=(child, self._cancel, self._device, self._memory_budget_bytes, *self._compile),
@@ -216,7 +219,7 @@ class SdxlProcessRunner:
             self._start_in_background()
         self._await_start(tick, poll_s)
         self.start()  # at once, unless the start in the background failed
-        assert self._conn is not None
+        assert self._conn is not None and self._cancel is not None
         try:
             if self._preloading:  # the preload still runs: finish it, ticking meanwhile
                 self._preloading = False
@@ -238,8 +241,8 @@ class SdxlProcessRunner:
         tick: Callable[[], Tick],
         poll_s: float,
     ) -> Outcome:
-        assert self._conn is not None
-        pipe = self._conn.fileno()
+        assert self._conn is not None and self._cancel is not None
+        pipe, cancel = self._conn.fileno(), self._cancel
         while True:
             ready = [fd for fd, _ in self._poller.poll(poll_s * 1000)]
             if self._doorbell.fileno() in ready:
@@ -262,7 +265,7 @@ class SdxlProcessRunner:
                 raise RunnerCrashed(f"the runner process exited with code {code}")
             decision = tick()
             if decision is Tick.CANCEL:
-                self._cancel.set()
+                cancel.set()
             elif decision is Tick.KILL:
                 self.kill()
                 raise RunnerCrashed("the runner process was killed")
@@ -336,3 +339,4 @@ class SdxlProcessRunner:
             self._conn.close()
         self._conn = None
         self._process = None
+        self._cancel = None
