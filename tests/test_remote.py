@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,6 +136,37 @@ def test_cancel_reaches_the_provider(
     client.post(job["links"]["cancel"])
     assert wait_for(client, job["id"], {"canceled"}, 30)["status"] == "canceled"
     (prediction,) = [p for p in replicate.predictions.values() if p["input"]["prompt"] == "slow"]
+    assert prediction["id"] in replicate.canceled
+
+
+def test_a_cancel_does_not_wait_for_the_next_poll(
+    replicate: FakeReplicate, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        port=free_port(),
+        replicate_api_token=TOKEN,
+        replicate_endpoint=replicate.url,
+        remote_poll_s=60,
+    )  # type: ignore[call-arg]
+    register_tiny(settings.resolved_database_url, tiny_model_dir)
+    add_remote(settings)
+    with (
+        ApiThread(settings, run_worker=True) as api,
+        httpx.Client(base_url=api.url, timeout=60) as client,
+    ):
+        prompt = "slow, polled once a minute"
+        job = submit(client, prompt=prompt, model_id=REMOTE, steps=20)
+        deadline = time.monotonic() + 30
+        while not [p for p in replicate.predictions.values() if p["input"]["prompt"] == prompt]:
+            assert time.monotonic() < deadline, "the prediction was never created"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the worker has looked once, and waits for its next poll
+        started = time.monotonic()
+        client.post(job["links"]["cancel"])
+        assert wait_for(client, job["id"], {"canceled"}, 30)["status"] == "canceled"
+        assert time.monotonic() - started < 10  # not the minute to the next poll
+    (prediction,) = [p for p in replicate.predictions.values() if p["input"]["prompt"] == prompt]
     assert prediction["id"] in replicate.canceled
 
 
