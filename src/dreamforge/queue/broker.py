@@ -6,6 +6,8 @@ the database is the source of truth.
 
 from __future__ import annotations
 
+import logging
+
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
@@ -15,16 +17,31 @@ REMOTE_QUEUE = "remote"  # jobs of models a hosted image API renders
 QUEUES = (GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE)
 
 
+class _SecondWorkerIsNoMistake(logging.Filter):
+    """A process consumes the gpu queue (one thread) and the io queue (several) with a
+    worker each; each worker adds its own middleware to the one broker, and dramatiq
+    warns of the second as if it were a mistake ("may have unexpected results")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("of the same type twice" in message and "_WorkerMiddleware" in message)
+
+
 def make_broker(url: str, namespace: str) -> dramatiq.Broker:
+    broker: dramatiq.Broker
     if url.startswith("memory://"):
-        broker: dramatiq.Broker = StubBroker()
+        broker = StubBroker()
         broker.emit_after("process_boot")
-        return broker
-    if url.startswith(("redis://", "rediss://")):
+    elif url.startswith(("redis://", "rediss://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, namespace=namespace, socket_timeout=5, socket_connect_timeout=5)
-    raise ValueError(f"unsupported broker URL {url!r}: use memory:// or redis://…")
+        broker = RedisBroker(
+            url=url, namespace=namespace, socket_timeout=5, socket_connect_timeout=5
+        )
+    else:
+        raise ValueError(f"unsupported broker URL {url!r}: use memory:// or redis://…")
+    broker.logger.addFilter(_SecondWorkerIsNoMistake())
+    return broker
 
 
 def ping(broker: dramatiq.Broker) -> None:
