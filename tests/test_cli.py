@@ -125,6 +125,8 @@ def test_json_logs_are_one_object_a_line_and_name_the_job(tmp_path: Path) -> Non
     # Everything logged is JSON: ours, uvicorn's, its access log's (the banner and the
     # pipeline's own warnings are printed, not logged).
     assert not [line for line in lines if "[info" in line or line.startswith("INFO:")]
+    # Nor progress bars: the default model's build and its load in the pipeline process.
+    assert not [line for line in lines if "it/s]" in line]
     finished = [o for o in objects if o.get("event") == "job.finished"]
     assert finished and finished[0]["job_id"] == job["id"] and finished[0]["tenant"] == "default"
     # Every line about the job names it and its tenant: the worker's and the API's, the

@@ -287,6 +287,9 @@ def create_tiny_model(registry: ModelRegistry, models_dir: Path, model_id: str) 
 
 
 def _write_tiny_sdxl(path: Path) -> None:
+    from transformers.utils import logging as transformers_logging
+
     from dreamforge.models.tiny import write_tiny_sdxl  # imports torch: in the builder only
 
+    transformers_logging.disable_progress_bar()  # a bar a file, in the server's log
     write_tiny_sdxl(path)

@@ -24,6 +24,7 @@ from diffusers import (
 )
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from transformers.utils import logging as transformers_logging
 
 from dreamforge import __version__
 from dreamforge.artifacts.receipts import Receipt, encode_png
@@ -118,7 +119,10 @@ class SdxlRunner:
         self._versions = library_versions()
         self._baseline: int | None = allocated_memory(device)  # nothing loaded yet
         self._upscalers = Upscalers(device)
+        # Progress bars would land in the service's log, a line a load ("model ready" is
+        # logged instead), and break one-JSON-object-a-line logs.
         diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
 
     def report(self) -> DeviceMemory:
         """Device memory once this request's leftovers are given back, against the
