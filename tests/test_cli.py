@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,16 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
     assert "leaked" not in log
     # A start, a job and a stop that all went well say nothing alarming.
     assert [line for line in log.splitlines() if "[warning" in line or "[error" in line] == []
+
+
+def test_serve_on_a_port_in_use_says_so_at_once_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        result = runner.invoke(app, ["serve", "--port", str(port), "--data-dir", str(data)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
+    assert not data.exists()  # no database made, no model built
 
 
 def test_dlq_lists_retries_and_purges_dead_lettered_jobs(tmp_path: Path) -> None:

@@ -6,16 +6,19 @@ import ipaddress
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import structlog
 import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
+from uvicorn.config import STARTUP_FAILURE
 
 from dreamforge import logs
 from dreamforge.cli_remote import generate, id_column, jobs_app
@@ -23,6 +26,8 @@ from dreamforge.config import Settings
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from dreamforge.models.registry import ModelRegistry
     from dreamforge.runtime import Runtime
     from dreamforge.services.access import AccessService
@@ -90,6 +95,7 @@ def serve(
 
     _configure_logging()
     settings = _settings(data_dir, host=host, port=port)
+    sock = _listen(settings)
     runtime = Runtime.build(settings)
     runtime.prepare()
     _check_access(runtime, settings, insecure_no_auth)
@@ -99,15 +105,43 @@ def serve(
         f"API docs: {url}/docs, data: {settings.data_dir.resolve()})"
     )
     _warn_if_links_point_nowhere(settings)
-    uvicorn.run(
-        create_app(runtime, run_worker=True),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        log_config=None,  # logging is ours (dreamforge.logs): one format for every line
-        timeout_graceful_shutdown=10,
-        proxy_headers=settings.trust_forwarded_headers,
-    )
+    _serve(create_app(runtime, run_worker=True), sock, settings)
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The server's socket, bound before anything else starts: a port in use is said at
+    once, not in one of uvicorn's log lines once the worker and its model are up."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        return socket.create_server((settings.host, settings.port), family=family)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        console.print(
+            f"[red]error:[/] cannot listen on {settings.host}:{settings.port} ({why}): stop "
+            "what uses it, or choose another port (--port, DREAMFORGE_PORT)"
+        )
+        raise typer.Exit(1) from exc
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "log_level": "info",
+        "log_config": None,  # logging is ours (dreamforge.logs): one format for every line
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": settings.trust_forwarded_headers,
+    }
+
+
+def _serve(app: FastAPI, sock: socket.socket, settings: Settings) -> None:
+    """uvicorn on ``sock``, in this process; exits as ``uvicorn.run`` does when it could
+    not start."""
+    server = uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))
+    host, port = sock.getsockname()[:2]
+    # uvicorn says where it listens only of sockets it bound itself.
+    structlog.get_logger(__name__).info("server.listening", host=host, port=port)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 def _is_loopback(host: str) -> bool:
@@ -169,21 +203,14 @@ def api(
 
     _configure_logging()
     settings = _settings(data_dir, host=host, port=port)
+    sock = _listen(settings) if workers == 1 else None  # uvicorn's supervisor binds its own
     runtime = Runtime.build(settings)
     runtime.prepare()
     _check_access(runtime, settings, insecure_no_auth)
     console.print(f"[bold green]Dream Forge API[/] at http://{settings.host}:{settings.port}")
     _warn_if_links_point_nowhere(settings)
-    options = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": "info",
-        "log_config": None,
-        "timeout_graceful_shutdown": 10,
-        "proxy_headers": settings.trust_forwarded_headers,
-    }
-    if workers == 1:
-        uvicorn.run(create_app(runtime), **options)  # type: ignore[arg-type]
+    if sock is not None:
+        _serve(create_app(runtime), sock, settings)
         return
     runtime.stop()
     # Each API process counts in files of its own here, and a scrape of any adds them up.
@@ -191,7 +218,14 @@ def api(
     # Each API process builds its own runtime from the environment: hand it these options.
     if data_dir is not None:
         os.environ["DREAMFORGE_DATA_DIR"] = str(data_dir)
-    uvicorn.run("dreamforge.api.asgi:create", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    uvicorn.run(
+        "dreamforge.api.asgi:create",
+        factory=True,
+        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        **_uvicorn_options(settings),
+    )
 
 
 class Queue(StrEnum):
