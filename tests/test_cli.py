@@ -73,11 +73,14 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
     assert [line for line in log.splitlines() if "[warning" in line or "[error" in line] == []
 
 
-def test_serve_on_a_port_in_use_says_so_at_once_and_starts_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["serve"], ["api"], ["api", "--workers", "2"]])
+def test_a_port_in_use_is_said_at_once_and_nothing_starts(
+    tmp_path: Path, command: list[str]
+) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         data = tmp_path / "data"
-        result = runner.invoke(app, ["serve", "--port", str(port), "--data-dir", str(data)])
+        result = runner.invoke(app, [*command, "--port", str(port), "--data-dir", str(data)])
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
     assert not data.exists()  # no database made, no model built

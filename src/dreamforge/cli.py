@@ -203,15 +203,16 @@ def api(
 
     _configure_logging()
     settings = _settings(data_dir, host=host, port=port)
-    sock = _listen(settings) if workers == 1 else None  # uvicorn's supervisor binds its own
+    sock = _listen(settings)
     runtime = Runtime.build(settings)
     runtime.prepare()
     _check_access(runtime, settings, insecure_no_auth)
     console.print(f"[bold green]Dream Forge API[/] at http://{settings.host}:{settings.port}")
     _warn_if_links_point_nowhere(settings)
-    if sock is not None:
+    if workers == 1:
         _serve(create_app(runtime), sock, settings)
         return
+    sock.close()  # uvicorn's supervisor binds the port for its processes
     runtime.stop()
     # Each API process counts in files of its own here, and a scrape of any adds them up.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dreamforge-metrics-")
