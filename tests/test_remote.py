@@ -9,7 +9,9 @@ import hashlib
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,26 +46,41 @@ def add_remote(settings: Settings) -> None:
     assert done.exit_code == 0, done.output
 
 
+@contextmanager
+def serving_remote(
+    replicate: FakeReplicate, data_dir: Path, tiny_model_dir: Path, **settings: Any
+) -> Iterator[tuple[httpx.Client, Settings]]:
+    """The embedded profile on its own port, rendering the remote model on ``replicate``,
+    with ``settings`` over the defaults."""
+    config = Settings(
+        data_dir=data_dir,
+        port=free_port(),
+        replicate_api_token=TOKEN,
+        replicate_endpoint=replicate.url,
+        **settings,
+    )
+    register_tiny(config.resolved_database_url, tiny_model_dir)
+    add_remote(config)
+    with (
+        ApiThread(config, run_worker=True) as api,
+        httpx.Client(base_url=api.url, timeout=60) as client,
+    ):
+        yield client, config
+
+
 @pytest.fixture(scope="module")
 def server(
     replicate: FakeReplicate, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[tuple[httpx.Client, Settings]]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("remote"),
-        port=free_port(),
-        replicate_api_token=TOKEN,
-        replicate_endpoint=replicate.url,
+    with serving_remote(
+        replicate,
+        tmp_path_factory.mktemp("remote"),
+        tiny_model_dir,
         remote_poll_s=0.05,
         retry_backoff_s=0.05,
         retry_max_backoff_s=0.05,
-    )  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    add_remote(settings)
-    with (
-        ApiThread(settings, run_worker=True) as api,
-        httpx.Client(base_url=api.url, timeout=60) as client,
-    ):
-        yield client, settings
+    ) as served:
+        yield served
 
 
 def test_a_job_on_a_remote_model_looks_like_any_other(
@@ -142,19 +159,7 @@ def test_cancel_reaches_the_provider(
 def test_a_cancel_does_not_wait_for_the_next_poll(
     replicate: FakeReplicate, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        port=free_port(),
-        replicate_api_token=TOKEN,
-        replicate_endpoint=replicate.url,
-        remote_poll_s=60,
-    )  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    add_remote(settings)
-    with (
-        ApiThread(settings, run_worker=True) as api,
-        httpx.Client(base_url=api.url, timeout=60) as client,
-    ):
+    with serving_remote(replicate, tmp_path, tiny_model_dir, remote_poll_s=60) as (client, _):
         prompt = "slow, polled once a minute"
         job = submit(client, prompt=prompt, model_id=REMOTE, steps=20)
         deadline = time.monotonic() + 30
