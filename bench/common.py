@@ -22,6 +22,13 @@ def run_job(
 ) -> bytes:
     """Submit, wait for the terminal event on SSE (and read the job back), fetch the
     image: what a client does."""
+    return run_job_read(client, seed, spec, read_back)[1]
+
+
+def run_job_read(
+    client: httpx.Client, seed: int, spec: dict[str, Any] = SPEC, read_back: bool = False
+) -> tuple[dict[str, Any], bytes]:
+    """``run_job``, and the job as it was created (its links)."""
     job = client.post("/v1/jobs", json={**spec, "seed": seed}).raise_for_status().json()
     with connect_sse(client, "GET", job["links"]["stream"]) as source:
         for event in source.iter_sse():
@@ -31,7 +38,7 @@ def run_job(
     if read_back:
         client.get(job["links"]["self"]).raise_for_status()
     artifact = client.get(job["links"]["artifacts"]).json()["data"][0]
-    return client.get(artifact["url"]).raise_for_status().content
+    return job, client.get(artifact["url"]).raise_for_status().content
 
 
 class BarePipeline:

@@ -1,14 +1,21 @@
-"""The fast runner on a GPU: compiled against eager, the service (one job at a time, and a
-burst of 16 jobs of one shape, batched across jobs) against a bare diffusers loop, compile
-time with a cold and a warm cache, and the first image from process start.
+"""The fast runner on a GPU: compiled against eager (and channels-last against the default
+layout), the service (one job at a time, and a burst of 16 jobs of one shape, batched
+across jobs) against a bare diffusers loop, compile time with a cold and a warm cache, and
+the first image from process start.
 
 The model has SDXL's real shapes and random weights in fp16, built here (nothing is
 downloaded) and saved to a temporary folder that the service registers. Targets on an
 H100/H200-class card: compiled >= 2x eager, burst >= 3x a bare one-at-a-time loop at
 512x512/8 steps, first image <= 12 s from process start at 1024x1024/30 with a warm cache.
 
-    python -m bench.gpu_runner            # needs CUDA; without it, says so and exits 0
-    python -m bench.gpu_runner --dry-run  # the tiny model on the CPU: checks the script
+A lent GPU comes for minutes, so the run is cut into phases, most wanted first; each
+prints what it measured as soon as it has it, a phase that fails says why and the next
+one runs, and ``--budget-s N`` skips the phases not started after N seconds. The figures
+come last, ``name: value`` a line, those of skipped phases left out.
+
+    python -m bench.gpu_runner                  # needs CUDA; without it, says so and exits 0
+    python -m bench.gpu_runner --budget-s 480   # as above, phases after 480 s skipped
+    python -m bench.gpu_runner --dry-run        # the tiny model on the CPU: checks the script
 """
 
 from __future__ import annotations
@@ -20,43 +27,56 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, run_job
+from bench.common import free_port, run_job_read
 
 DRY = "--dry-run" in sys.argv
 LARGE = (64, 2) if DRY else (1024, 30)
 SMALL = (64, 2) if DRY else (512, 8)
 BURST = 16
+STARTED = time.perf_counter()
+_NOTE = re.compile(r"in ([\d.]+)s in the background \((\d+) graphs compiled, (\d+) from the cache")
 
 
-def timed_renders(
-    model_dir: Path, compiled: bool, cache: Path, size: int, steps: int
-) -> dict[str, float]:
-    """In a process of its own (inductor reads its cache dir at import): images/s of one
-    image at a time, and for the compiled runner the seconds its compile took."""
-    child = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_runner", "--child", str(model_dir), str(cache),
-         str(int(compiled)), str(size), str(steps), *(["--dry-run"] if DRY else [])],
-        env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(child.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def elapsed() -> float:
+    return time.perf_counter() - STARTED
 
 
-def child(model_dir: str, cache: str, compiled: str, size: str, steps: str) -> None:
+def say(line: str) -> None:
+    print(f"[{elapsed():5.0f} s] {line}", flush=True)
+
+
+# In the pipeline's own process -------------------------------------------------------
+
+
+def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> None:
+    """Images/s of one image at a time through the runner at one shape: eager in the
+    default layout and channels-last, then compiled (the compile's own time from its note)
+    in both layouts. Prints them as one JSON object."""
     import torch
 
     from dreamforge.domain.jobs import JobSpec, Scheduler
+    from dreamforge.runners.compiled import CompiledUnets
     from dreamforge.runners.device import select_device
-    from dreamforge.runners.protocol import ItemToRender, ModelRef, RenderRequest, RunnerNote
+    from dreamforge.runners.protocol import (
+        ItemRendered,
+        ItemToRender,
+        ModelRef,
+        RenderRequest,
+        RunnerMessage,
+        RunnerNote,
+    )
     from dreamforge.runners.sdxl import SdxlRunner
 
     device = select_device("cpu" if DRY else None)
-    runner_ = SdxlRunner(device, None, compiled == "1", Path(cache) / "artifacts.bin")
+    runner = SdxlRunner(device)
     spec = JobSpec(
         prompt="a lighthouse at dawn",
         negative_prompt="",
@@ -69,76 +89,196 @@ def child(model_dir: str, cache: str, compiled: str, size: str, steps: str) -> N
         model_id="bench",
         item_seeds=(1,),
     )
-    request = RenderRequest(
-        spec, ModelRef("bench", model_dir, "diffusers", "b" * 64, "bench"), (ItemToRender(0, 1),)
-    )
+    model = ModelRef("bench", model_dir, "diffusers", "b" * 64, "bench")
+    request = RenderRequest(spec, model, (ItemToRender(0, 1),))
     notes: list[str] = []
+    pngs: list[bytes] = []
+
+    def emit(message: RunnerMessage) -> None:
+        if isinstance(message, RunnerNote):
+            notes.append(message.message)
+        elif isinstance(message, ItemRendered):
+            pngs.append(message.png)
+
+    def sync() -> None:
+        if device.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def render() -> None:
-        runner_.generate(
-            request, lambda m: notes.append(m.message) if isinstance(m, RunnerNote) else None, bool
-        )
+        runner.generate(request, emit, bool)
 
-    render()  # loads, and starts the compile of this shape
-    compile_s = 0.0
-    if runner_.compiled is not None:
-        runner_.compiled.wait()
-        render()  # brings the compile's note
-        compile_s = float(re.search(r"in ([\d.]+)s", notes[0])[1])  # type: ignore[index]
-    sync = torch.cuda.synchronize if device.device.type == "cuda" else (lambda: None)
-    sync()
-    started, count = time.perf_counter(), 3 if DRY else 10
-    for _ in range(count):
-        render()
-    sync()
-    print(
-        json.dumps(
-            {"images_per_s": count / (time.perf_counter() - started), "compile_s": compile_s}
-        )
-    )
+    def images_per_s() -> float:
+        sync()
+        started = time.perf_counter()
+        for _ in range(int(renders)):
+            render()
+        sync()
+        return int(renders) / (time.perf_counter() - started)
+
+    def layout(memory_format: torch.memory_format) -> None:
+        pipe = runner._resident.get("bench", model.sha256).pipe  # type: ignore[union-attr]
+        # The compiled twin holds the same parameter objects, so it follows.
+        pipe.unet.to(memory_format=memory_format)
+        pipe.vae.to(memory_format=memory_format)
+
+    render()  # loads, and warms the eager kernels up
+    figures = {"eager": images_per_s()}
+    eager_png = pngs[-1]
+    layout(torch.channels_last)
+    render()
+    figures["eager_channels_last"] = images_per_s()
+    layout(torch.contiguous_format)
+    runner.compiled = CompiledUnets(Path(cache) / "artifacts.bin")
+    render()  # still eager: asks for this shape's compile, which starts when it is done
+    runner.compiled.wait()
+    render()  # compiled; brings the compile's note
+    found = _NOTE.search(notes[0])
+    assert found, notes
+    figures |= {"compile_s": float(found[1]), "graphs": int(found[2]), "cached": int(found[3])}
+    figures["compiled"] = images_per_s()
+    figures |= differences(eager_png, pngs[-1])  # the same seed, eager and compiled
+    layout(torch.channels_last)
+    render()
+    figures["compiled_channels_last"] = images_per_s()
+    print(json.dumps(figures))
 
 
-def serve(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, float]:
-    """`dreamforge serve` on ``data``; the process, its URL and when it was started."""
+def differences(a: bytes, b: bytes) -> dict[str, float]:
+    """How far two images of the same size are apart, in levels of 255 per channel."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    first, second = (np.asarray(Image.open(io.BytesIO(png)), dtype=np.int16) for png in (a, b))
+    apart = np.abs(first - second)
+    return {"max_levels_apart": float(apart.max()), "mean_levels_apart": float(apart.mean())}
+
+
+def timed_renders(model_dir: Path, cache: Path, size: int, steps: int) -> dict[str, float]:
+    """``child`` in a process of its own: inductor reads its cache dir at import."""
+    renders = 2 if DRY else (3 if size >= 1024 else 6)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_runner", "--child", str(model_dir), str(cache),
+         str(size), str(steps), str(renders), *(["--dry-run"] if DRY else [])],
+        env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")},
+        stdout=subprocess.PIPE, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# The service -------------------------------------------------------------------------
+
+
+@contextmanager
+def serving(data: Path, env: dict[str, str], log: Path) -> Iterator[tuple[httpx.Client, float]]:
+    """`dreamforge serve` on ``data``: a client for it, and when the process was started.
+    Its log goes to ``log``, whose end is printed if the service fails."""
     port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(port),
-         "--data-dir", str(data)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(port),
+             "--data-dir", str(data)],
+            env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return process, url, started
-        except httpx.TransportError:
-            time.sleep(0.1)
-
-
-def service_figures(data: Path, env: dict[str, str], bare_per_image: float) -> dict[str, float]:
-    size, steps = SMALL
-    spec = {"prompt": "a lighthouse at dawn", "width": size, "height": size, "steps": steps}
-    process, url, _ = serve(data, env)
     try:
-        with httpx.Client(base_url=url, timeout=900) as client, ThreadPoolExecutor(BURST) as pool:
-
-            def burst() -> float:
-                started = time.perf_counter()
-                list(pool.map(lambda seed: run_job(client, seed, spec), range(BURST)))
-                return time.perf_counter() - started
-
-            for _ in range(3):  # warms every batch shape up, compiled where it compiles
-                burst()
-            burst_s = burst()
-            started = time.perf_counter()
-            for seed in range(4):
-                run_job(client, seed, spec)
-            single_s = (time.perf_counter() - started) / 4
+        while not _ready(url):
+            if process.poll() is not None or time.perf_counter() - started > 300:
+                raise RuntimeError(f"dreamforge serve not ready (exit code {process.poll()})")
+            time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=900) as client:
+            yield client, started
+    except BaseException:
+        print(log.read_text(errors="replace")[-3000:], flush=True)
+        raise
     finally:
         process.terminate()
         process.wait(120)
-    return {"burst": bare_per_image * BURST / burst_s, "single": bare_per_image / single_s}
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def compiled(png: bytes) -> bool:
+    from dreamforge.artifacts.receipts import read_receipt
+
+    return read_receipt(png).compiled
+
+
+def burst_figures(
+    client: httpx.Client, bare_per_image: float, budget: float | None
+) -> dict[str, float]:
+    """A burst of 16 jobs, and jobs one at a time, at 512x512/8, once their shapes run
+    compiled (or the budget is spent: the share of compiled images says which): against
+    the bare loop's time per image."""
+    size, steps = SMALL
+    spec = {"prompt": "a lighthouse at dawn", "width": size, "height": size, "steps": steps}
+    figures: dict[str, float] = {}
+    with ThreadPoolExecutor(BURST) as pool:
+
+        def burst() -> tuple[float, int]:
+            started = time.perf_counter()
+            done = list(pool.map(lambda seed: run_job_read(client, seed, spec), range(BURST)))
+            return time.perf_counter() - started, sum(compiled(png) for _, png in done)
+
+        for _ in range(6):  # the shapes' first batches run eager while they compile
+            seconds, warm = burst()
+            say(f"burst of {BURST}: {seconds:.2f} s, {warm} images compiled")
+            if warm == BURST or (budget is not None and elapsed() > budget):
+                break
+        seconds, warm = burst()
+        say(f"burst of {BURST}: {seconds:.2f} s, {warm} images compiled")
+        figures |= {"burst": bare_per_image * BURST / seconds, "burst_compiled": warm / BURST}
+    for seed in range(4):  # until one at a time runs compiled
+        if compiled(run_job_read(client, seed, spec)[1]):
+            break
+    started, count, warm = time.perf_counter(), 4, 0
+    for seed in range(count):
+        warm += compiled(run_job_read(client, seed, spec)[1])
+    single = (time.perf_counter() - started) / count
+    say(f"one at a time: {single:.3f} s a job, {warm} of {count} compiled")
+    return figures | {"single": bare_per_image / single}
+
+
+def first_image_figures(client: httpx.Client, started: float) -> dict[str, float]:
+    """The first image at 1024x1024/30 from process start, then jobs of that shape until
+    one runs compiled: the compile's note in a job's log says how long the warm cache
+    took."""
+    size, steps = LARGE
+    spec = {"prompt": "first", "width": size, "height": size, "steps": steps}
+    run_job_read(client, 1, spec)
+    figures = {"first_image": time.perf_counter() - started}
+    say(f"first image {figures['first_image']:.1f} s after the process started")
+    for seed in range(2, 8):
+        job, _ = run_job_read(client, seed, spec)
+        log = client.get(job["links"]["logs"]).raise_for_status().text
+        found = _NOTE.search(log)
+        if found:
+            say(f"compile with the warm cache: {found[0]}")
+            return figures | {"compile_warm": float(found[1]), "warm_graphs": int(found[2])}
+    return figures
+
+
+# The run -----------------------------------------------------------------------------
+
+
+def phase(name: str, budget: float | None, run: Callable[[], None]) -> None:
+    """Runs ``run`` unless the budget is spent; a failure is printed, not raised."""
+    if budget is not None and elapsed() > budget:
+        say(f"{name}: skipped, past the {budget:.0f} s budget")
+        return
+    say(f"{name}: starting")
+    try:
+        run()
+    except Exception:  # noqa: BLE001 - the next phase may still measure something
+        traceback.print_exc()
+        say(f"{name}: failed")
 
 
 def main() -> None:
@@ -146,6 +286,7 @@ def main() -> None:
         i = sys.argv.index("--child")
         child(*sys.argv[i + 1 : i + 6])
         return
+    budget = float(sys.argv[sys.argv.index("--budget-s") + 1]) if "--budget-s" in sys.argv else None
     import torch
 
     if not DRY and not torch.cuda.is_available():
@@ -154,27 +295,34 @@ def main() -> None:
     from bench.gpu_batch import build_full_size, seconds
     from dreamforge.models.tiny import build_tiny_sdxl
 
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="dreamforge-runner-") as tmp:
         root = Path(tmp)
+        model_dir = root / "bench-sdxl"
         pipe = build_tiny_sdxl() if DRY else build_full_size()
         pipe.set_progress_bar_config(disable=True)
-        model_dir = root / "bench-sdxl"
         pipe.save_pretrained(model_dir, safe_serialization=True)
         seconds(pipe, *SMALL, [0])  # warm
         bare = sum(seconds(pipe, *SMALL, [s]) for s in range(4)) / 4
+        say(f"model built and saved; bare diffusers at {SMALL}: {bare:.3f} s an image")
         del pipe
         if not DRY:
             torch.cuda.empty_cache()
 
-        cache = root / "compile-cache"
-        ratios = {}
-        for name, (size, steps) in (("1024", LARGE), ("512", SMALL)):
-            eager = timed_renders(model_dir, False, cache, size, steps)
-            compiled = timed_renders(model_dir, True, cache, size, steps)
-            ratios[name] = compiled["images_per_s"] / eager["images_per_s"]
-        cold = timed_renders(model_dir, True, root / "cold-cache", *SMALL)["compile_s"]
-        warm = timed_renders(model_dir, True, root / "cold-cache", *SMALL)["compile_s"]
+        def compare(label: str, size: int, steps: int, cache: Path) -> None:
+            found = timed_renders(model_dir, cache, size, steps)
+            say(f"{size}x{size}/{steps}: {json.dumps(found)}")
+            name = f"_{label}"  # the full-size figure's name, also in a dry run
+            figures[f"compiled_vs_eager{name}"] = found["compiled"] / found["eager"]
+            figures[f"channels_last_eager{name}"] = found["eager_channels_last"] / found["eager"]
+            figures[f"channels_last_compiled{name}"] = (
+                found["compiled_channels_last"] / found["compiled"]
+            )
+            figures[f"compile_cold_s{name}"] = found["compile_s"]
+            figures[f"compiled_max_levels_apart{name}"] = found["max_levels_apart"]
+            figures[f"compiled_mean_levels_apart{name}"] = found["mean_levels_apart"]
 
+        cache_a, cache_b = root / "cache-a", root / "cache-b"
         data = root / "data"
         subprocess.run(
             [sys.executable, "-m", "dreamforge.cli", "model", "add", str(model_dir), "--id",
@@ -184,33 +332,39 @@ def main() -> None:
         env = {
             "DREAMFORGE_DEFAULT_MODEL_ID": "bench-sdxl",
             "DREAMFORGE_COMPILE_UNET": "on",
-            "DREAMFORGE_COMPILE_CACHE_DIR": str(cache),
             "DREAMFORGE_MAX_BATCH_SIZE": "8",
             "DREAMFORGE_CREATE_DEFAULT_MODEL": "false",
         }
-        service = service_figures(data, env, bare)
 
-        process, url, started = serve(data, env)  # a fresh process, the cache warm
-        try:
-            with httpx.Client(base_url=url, timeout=900) as client:
-                size, steps = LARGE
-                run_job(
-                    client, 1, {"prompt": "first", "width": size, "height": size, "steps": steps}
-                )
-                first_image_s = time.perf_counter() - started
-        finally:
-            process.terminate()
-            process.wait(120)
+        def bursts() -> None:
+            served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_b)},
+                             root / "serve-burst.log")  # fmt: skip
+            with served as (client, _):
+                found = burst_figures(client, bare, budget)
+            figures["burst_vs_bare_512"] = found["burst"]
+            figures["burst_images_compiled"] = found["burst_compiled"]
+            figures["one_at_a_time_vs_bare_512"] = found["single"]
+
+        def first_image() -> None:
+            # A fresh process on the cache the 1024 phase filled.
+            served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a)},
+                             root / "serve-first.log")  # fmt: skip
+            with served as (client, started):
+                found = first_image_figures(client, started)
+            figures["first_image_s"] = found["first_image"]
+            if "compile_warm" in found:
+                figures["compile_warm_s_1024"] = found["compile_warm"]
+                figures["compile_warm_graphs_compiled"] = found["warm_graphs"]
+
+        phase("compiled vs eager, 1024", budget, lambda: compare("1024", *LARGE, cache_a))
+        phase("first image, warm cache", budget, first_image)
+        phase("a burst of 16 and one at a time, 512", budget, bursts)
+        phase("compiled vs eager, 512", budget, lambda: compare("512", *SMALL, root / "cache-c"))
 
     print(f"device: {'cpu (dry run)' if DRY else torch.cuda.get_device_name()}")
     print(f"torch: {torch.__version__}")
-    print(f"compiled_vs_eager_1024: {ratios['1024']:.2f}")
-    print(f"compiled_vs_eager_512: {ratios['512']:.2f}")
-    print(f"burst_vs_bare_512: {service['burst']:.2f}")
-    print(f"one_at_a_time_vs_bare_512: {service['single']:.2f}")
-    print(f"compile_cold_s: {cold:.1f}")
-    print(f"compile_warm_s: {warm:.1f}")
-    print(f"first_image_s: {first_image_s:.1f}")
+    for name, value in figures.items():
+        print(f"{name}: {value:.2f}")
 
 
 if __name__ == "__main__":
