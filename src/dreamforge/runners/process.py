@@ -38,14 +38,25 @@ from dreamforge.runners.protocol import (
 
 log = structlog.get_logger(__name__)
 
-# Children fork from a server process that has imported torch, diffusers and transformers
-# once: a spawned child spends seconds of CPU importing them (eight on a small machine),
-# and a runner is started again after every crash, kill or recycle. The server imports
-# nothing else and never touches a device, so each child still starts clean (forking after
-# CUDA is initialised would not be safe; forking after importing torch is what its
-# DataLoader does).
+# Children fork from a server process that has imported torch, transformers and the rest
+# once: a spawned child spends seconds of CPU importing them (six on a small machine), and
+# a runner is started again after every crash, kill or recycle. Forking after importing
+# torch is what its DataLoader does; forking after CUDA has been asked anything is not
+# safe, and torch then refuses CUDA in the child ("Cannot re-initialize CUDA in forked
+# subprocess"). diffusers asks at import (how many devices: its default device), so each
+# child imports it itself: under half a second once the rest is loaded.
+PRELOADED = [
+    "torch",
+    "transformers.models.clip.modeling_clip",
+    "transformers.models.clip.tokenization_clip",
+    "accelerate",
+    "spandrel",
+    "safetensors.torch",
+    "PIL.PngImagePlugin",
+    "dreamforge.runners.device",
+]
 _CHILDREN = multiprocessing.get_context("forkserver")
-_CHILDREN.set_forkserver_preload(["dreamforge.runners.sdxl"])
+_CHILDREN.set_forkserver_preload(PRELOADED)
 
 # How long the relay waits on a silent child before it ticks anyway. The worker also ticks
 # after every message (the child sends one at least every progress interval while it
