@@ -131,3 +131,35 @@ class EmbeddedServer:
             self.process.terminate()
             self.process.wait(60)
         self.tmp.cleanup()
+
+
+def one_item_request(model_dir: Path, size: int, steps: int) -> Any:
+    """A runner's request for one guided image of ``size`` squared from the diffusers
+    folder ``model_dir`` (model id ``bench``), as the worker would send it."""
+    from dreamforge.domain.jobs import JobSpec, Scheduler
+    from dreamforge.runners.protocol import ItemToRender, ModelRef, RenderRequest
+
+    spec = JobSpec(
+        prompt="a lighthouse at dawn",
+        negative_prompt="",
+        width=size,
+        height=size,
+        steps=steps,
+        guidance_scale=5.0,
+        scheduler=Scheduler.EULER,
+        seed=1,
+        model_id="bench",
+        item_seeds=(1,),
+    )
+    model = ModelRef("bench", str(model_dir), "diffusers", "b" * 64, "bench")
+    return RenderRequest(spec, model, (ItemToRender(0, 1),))
+
+
+def print_figures(dry_run: bool, figures: dict[str, float]) -> None:
+    """A GPU benchmark's last lines: the device, torch, then ``name: value`` a figure."""
+    import torch
+
+    print(f"device: {'cpu (dry run)' if dry_run else torch.cuda.get_device_name()}")
+    print(f"torch: {torch.__version__}")
+    for name, value in figures.items():
+        print(f"{name}: {value:.2f}")

@@ -16,6 +16,7 @@ come last, ``name: value`` a line, those of skipped phases left out.
     python -m bench.gpu_runner                  # needs CUDA; without it, says so and exits 0
     python -m bench.gpu_runner --budget-s 480   # as above, phases after 480 s skipped
     python -m bench.gpu_runner --dry-run        # the tiny model on the CPU: checks the script
+    python -m bench.gpu_runner --logs DIR       # keeps the services' logs in DIR
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, run_job_read
+from bench.common import free_port, one_item_request, print_figures, run_job_read
 
 DRY = "--dry-run" in sys.argv
 LARGE = (64, 2) if DRY else (1024, 30)
@@ -62,35 +63,14 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     in both layouts. Prints them as one JSON object."""
     import torch
 
-    from dreamforge.domain.jobs import JobSpec, Scheduler
     from dreamforge.runners.compiled import CompiledUnets
     from dreamforge.runners.device import select_device
-    from dreamforge.runners.protocol import (
-        ItemRendered,
-        ItemToRender,
-        ModelRef,
-        RenderRequest,
-        RunnerMessage,
-        RunnerNote,
-    )
+    from dreamforge.runners.protocol import ItemRendered, RunnerMessage, RunnerNote
     from dreamforge.runners.sdxl import SdxlRunner
 
     device = select_device("cpu" if DRY else None)
     runner = SdxlRunner(device)
-    spec = JobSpec(
-        prompt="a lighthouse at dawn",
-        negative_prompt="",
-        width=int(size),
-        height=int(size),
-        steps=int(steps),
-        guidance_scale=5.0,
-        scheduler=Scheduler.EULER,
-        seed=1,
-        model_id="bench",
-        item_seeds=(1,),
-    )
-    model = ModelRef("bench", model_dir, "diffusers", "b" * 64, "bench")
-    request = RenderRequest(spec, model, (ItemToRender(0, 1),))
+    request = one_item_request(Path(model_dir), int(size), int(steps))
     notes: list[str] = []
     pngs: list[bytes] = []
 
@@ -116,7 +96,7 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
         return int(renders) / (time.perf_counter() - started)
 
     def layout(memory_format: torch.memory_format) -> None:
-        pipe = runner._resident.get("bench", model.sha256).pipe  # type: ignore[union-attr]
+        pipe = runner._resident.get("bench", request.model.sha256).pipe  # type: ignore[union-attr]
         # The compiled twin holds the same parameter objects, so it follows.
         pipe.unet.to(memory_format=memory_format)
         pipe.vae.to(memory_format=memory_format)
@@ -188,6 +168,7 @@ def serving(data: Path, env: dict[str, str], log: Path) -> Iterator[tuple[httpx.
             if process.poll() is not None or time.perf_counter() - started > 300:
                 raise RuntimeError(f"dreamforge serve not ready (exit code {process.poll()})")
             time.sleep(0.1)
+        say(f"dreamforge serve ready {time.perf_counter() - started:.1f} s after its start")
         with httpx.Client(base_url=url, timeout=900) as client:
             yield client, started
     except BaseException:
@@ -252,9 +233,12 @@ def first_image_figures(client: httpx.Client, started: float) -> dict[str, float
     took."""
     size, steps = LARGE
     spec = {"prompt": "first", "width": size, "height": size, "steps": steps}
-    run_job_read(client, 1, spec)
+    job, _ = run_job_read(client, 1, spec)
     figures = {"first_image": time.perf_counter() - started}
-    say(f"first image {figures['first_image']:.1f} s after the process started")
+    say(f"first image {figures['first_image']:.1f} s after the process started; its log:")
+    for line in client.get(job["links"]["logs"]).raise_for_status().text.splitlines():
+        entry = json.loads(line)
+        print(f"    {entry['ts']} {entry['message']}", flush=True)
     for seed in range(2, 8):
         job, _ = run_job_read(client, seed, spec)
         log = client.get(job["links"]["logs"]).raise_for_status().text
@@ -287,6 +271,9 @@ def main() -> None:
         child(*sys.argv[i + 1 : i + 6])
         return
     budget = float(sys.argv[sys.argv.index("--budget-s") + 1]) if "--budget-s" in sys.argv else None
+    logs = Path(sys.argv[sys.argv.index("--logs") + 1]) if "--logs" in sys.argv else None
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
     import torch
 
     if not DRY and not torch.cuda.is_available():
@@ -338,7 +325,7 @@ def main() -> None:
 
         def bursts() -> None:
             served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_b)},
-                             root / "serve-burst.log")  # fmt: skip
+                             (logs or root) / "serve-burst.log")  # fmt: skip
             with served as (client, _):
                 found = burst_figures(client, bare, budget)
             figures["burst_vs_bare_512"] = found["burst"]
@@ -348,7 +335,7 @@ def main() -> None:
         def first_image() -> None:
             # A fresh process on the cache the 1024 phase filled.
             served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a)},
-                             root / "serve-first.log")  # fmt: skip
+                             (logs or root) / "serve-first.log")  # fmt: skip
             with served as (client, started):
                 found = first_image_figures(client, started)
             figures["first_image_s"] = found["first_image"]
@@ -361,10 +348,7 @@ def main() -> None:
         phase("a burst of 16 and one at a time, 512", budget, bursts)
         phase("compiled vs eager, 512", budget, lambda: compare("512", *SMALL, root / "cache-c"))
 
-    print(f"device: {'cpu (dry run)' if DRY else torch.cuda.get_device_name()}")
-    print(f"torch: {torch.__version__}")
-    for name, value in figures.items():
-        print(f"{name}: {value:.2f}")
+    print_figures(DRY, figures)
 
 
 if __name__ == "__main__":

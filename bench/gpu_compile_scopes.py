@@ -1,0 +1,89 @@
+"""How much of the UNet to compile: images/s at 1024x1024/30 of eager against several
+scopes of ``torch.compile``, each with its compile time, in one process on a GPU.
+
+The runner compiles by regions (the transformer blocks, diffusers' compile_repeated_blocks)
+so that a compile takes seconds, not minutes; on an H200 that gave 1.13x eager at
+1024x1024/30, where a whole-UNet compile had given 2.5x in 154 s. Plain diffusers is
+launch-bound there, so the scopes tried widen what is compiled (the ResNet blocks and the
+resamplers too) and then capture it in CUDA graphs (``mode="reduce-overhead"``), to find
+what gets most of the whole-graph speed for a fraction of its compile. Each scope compiles
+a twin of the UNet that shares its weights; shapes are static (``dynamic=False``).
+
+    python -m bench.gpu_compile_scopes            # needs CUDA; without it, says so
+    python -m bench.gpu_compile_scopes --dry-run  # the tiny model on the CPU
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+
+DRY = "--dry-run" in sys.argv
+SIZE, STEPS = (64, 2) if DRY else (1024, 30)
+RENDERS = 2 if DRY else 3
+BLOCKS = ("BasicTransformerBlock",)
+WIDER = (*BLOCKS, "ResnetBlock2D", "Downsample2D", "Upsample2D")
+SCOPES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "blocks": (BLOCKS, {}),
+    "blocks_resnets": (WIDER, {}),
+    "blocks_resnets_cudagraphs": (WIDER, {"mode": "reduce-overhead"}),
+}
+STARTED = time.perf_counter()
+
+
+def say(line: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:5.0f} s] {line}", flush=True)
+
+
+def compiled_twin(unet: Any, classes: tuple[str, ...], options: dict[str, Any]) -> Any:
+    from dreamforge.runners.compiled import shared_twin
+
+    twin = shared_twin(unet)
+    for module in twin.modules():
+        if type(module).__name__ in classes:
+            module.compile(fullgraph=True, dynamic=False, **options)
+    return twin
+
+
+def main() -> None:
+    if not DRY and not torch.cuda.is_available():
+        print("no CUDA device here: this benchmark needs a GPU (try --dry-run)")
+        return
+    from diffusers import StableDiffusionXLPipeline
+
+    from bench.common import print_figures
+    from bench.gpu_batch import build_full_size, seconds
+    from dreamforge.models.tiny import build_tiny_sdxl
+
+    # Static shapes recompile once per channel count of a block (a dozen for the ResNets).
+    torch._dynamo.config.recompile_limit = 64
+    pipe = build_tiny_sdxl() if DRY else build_full_size()
+    pipe.set_progress_bar_config(disable=True)
+    seconds(pipe, SIZE, STEPS, [0])
+    eager = RENDERS / sum(seconds(pipe, SIZE, STEPS, [s]) for s in range(RENDERS))
+    say(f"eager: {eager:.3f} images/s at {SIZE}x{SIZE}/{STEPS}")
+    figures: dict[str, float] = {}
+    for name, (classes, options) in SCOPES.items():
+        try:
+            twin = compiled_twin(pipe.unet, classes, options)
+            scoped = StableDiffusionXLPipeline(**{**pipe.components, "unet": twin})
+            scoped.set_progress_bar_config(disable=True)
+            first = seconds(scoped, SIZE, STEPS, [0])  # compiles
+            seconds(scoped, SIZE, STEPS, [0])  # CUDA graphs record on a later call
+            rate = RENDERS / sum(seconds(scoped, SIZE, STEPS, [s]) for s in range(RENDERS))
+        except Exception:  # noqa: BLE001 - the next scope may still work
+            traceback.print_exc()
+            say(f"{name}: failed")
+            continue
+        figures[f"{name}_vs_eager"] = rate / eager
+        figures[f"{name}_compile_s"] = first
+        say(f"{name}: {rate:.3f} images/s, first call (the compile) {first:.1f} s")
+    print_figures(DRY, figures)
+
+
+if __name__ == "__main__":
+    main()
