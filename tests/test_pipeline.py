@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from PIL import Image
 from dreamforge.artifacts.receipts import read_png_text, read_receipt
 from dreamforge.domain.jobs import Scheduler
 from dreamforge.domain.records import Model
-from dreamforge.runners.device import select_device
+from dreamforge.runners.device import DeviceChoice, select_device
 from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
 from dreamforge.runners.sdxl import SdxlRunner
 from tests.conftest import LiveServer
@@ -151,3 +153,27 @@ def assert_renders_like(model: Model, original: Path) -> None:
     request = RenderRequest(spec, ModelRef.of(model), (ItemToRender(0, 3),))
     png = render(SdxlRunner(select_device("cpu")), request)
     assert png_pixels(png)[1] == Bare(original).pixels(spec.model_dump(mode="json"), 3)
+
+
+def test_a_half_precision_image_logs_nothing_about_its_vae_casts(tiny_model_dir: Path) -> None:
+    """On a GPU the pipeline runs in fp16 and casts SDXL's VAE to fp32 and back for every
+    image; diffusers' warnings about that (two an image) stay out of the service's log.
+    fp16 runs on this CPU too, slowly."""
+    runner = SdxlRunner(DeviceChoice(torch.device("cpu"), torch.float16))
+    model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
+    spec = tiny_spec(steps=2, seed=1, item_seeds=(1,))
+    out: list[object] = []
+    logged: list[logging.LogRecord] = []
+    diffusers_log = logging.getLogger("diffusers")  # what its modules log reaches it
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    diffusers_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            request = RenderRequest(spec, model, (ItemToRender(0, 1),))
+            runner.generate(request, out.append, bool)
+    finally:
+        diffusers_log.removeHandler(handler)
+    assert any(isinstance(m, ItemRendered) for m in out)
+    assert not [r for r in logged if "should be kept in float32" in r.getMessage()]
+    assert not [w for w in caught if "upcast_vae" in str(w.message)]

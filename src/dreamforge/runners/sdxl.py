@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -103,6 +105,10 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def _no_empty_fp32_warning(record: logging.LogRecord) -> bool:
+    return "should be kept in float32: []" not in record.getMessage()
+
+
 class SdxlRunner:
     def __init__(
         self,
@@ -123,6 +129,14 @@ class SdxlRunner:
         # logged instead), and break one-JSON-object-a-line logs.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
+        # In half precision the pipeline casts SDXL's VAE to fp32 for every decode and back
+        # (it overflows in fp16); diffusers warns at each cast about modules to keep in
+        # fp32 while naming none, and once that the cast's helper is deprecated: two lines
+        # an image in the service's log, about nothing an operator can change.
+        diffusers_logging.get_logger("diffusers.models.modeling_utils").addFilter(
+            _no_empty_fp32_warning
+        )
+        warnings.filterwarnings("ignore", "`upcast_vae` is deprecated", FutureWarning)
 
     def report(self) -> DeviceMemory:
         """Device memory once this request's leftovers are given back, against the
