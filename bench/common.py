@@ -96,11 +96,12 @@ def free_port() -> int:
 
 
 class EmbeddedServer:
-    """`dreamforge serve` on a temporary data dir, with the tiny model registered."""
+    """`dreamforge serve` on ``data_dir`` (by default a temporary one), with the tiny
+    model registered."""
 
-    def __init__(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="dreamforge-bench-")
-        self.data_dir = Path(self.tmp.name)
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dreamforge-bench-")
+        self.data_dir = data_dir or Path(self.tmp.name)  # type: ignore[union-attr]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -130,7 +131,8 @@ class EmbeddedServer:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(60)
-        self.tmp.cleanup()
+        if self.tmp is not None:
+            self.tmp.cleanup()
 
 
 def one_item_request(model_dir: Path, size: int, steps: int) -> Any:
