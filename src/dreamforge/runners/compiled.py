@@ -140,13 +140,15 @@ class CompiledUnets:
                     guidance_scale=5.0 if shape.guided else 1.0,
                     output_type="latent",
                 )
+            # What a compile leaves (graphs, guards, kernels: 160k-235k objects even for
+            # the tiny model) lives as long as the process. Frozen, it is out of the sight
+            # of the full collection that settles each request, which otherwise scans it
+            # all (73 ms a request on a small CPU, the device idle meanwhile). Frozen while
+            # no denoise runs, so that none of a request's objects is frozen with it.
+            del warm, scheduler
+            gc.collect()
+            gc.freeze()
         seconds = time.perf_counter() - started
-        # What a compile leaves (graphs, guards, kernels: ~235k objects even for the tiny
-        # model) lives as long as the process. Frozen, it is out of the sight of the full
-        # collection that settles each request, which otherwise scans it all (90 ms a
-        # request on a small CPU, with the GPU idle meanwhile).
-        gc.collect()
-        gc.freeze()
         if self._artifacts is not None:
             saved = torch.compiler.save_cache_artifacts()
             if saved is not None:
