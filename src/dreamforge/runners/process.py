@@ -27,6 +27,7 @@ from dreamforge.runners.protocol import (
     DeviceMemory,
     Failed,
     Finished,
+    ModelLoaded,
     ModelRef,
     Outcome,
     RenderRequest,
@@ -148,6 +149,19 @@ class _Doorbell:
                 pass
 
 
+def _log_preloaded(message: RunnerMessage) -> None:
+    """A preload's load is no job's: the service's log is where its time is told (heard
+    when the first job comes, which waited for whatever of it was left)."""
+    if isinstance(message, ModelLoaded):
+        log.info(
+            "runner.preloaded",
+            model_id=message.model_id,
+            seconds=round(message.seconds, 2),
+            device=message.device,
+            dtype=message.dtype,
+        )
+
+
 def _close(*fds: int) -> None:
     for fd in fds:
         os.close(fd)
@@ -234,7 +248,7 @@ class SdxlProcessRunner:
         try:
             if self._preloading:  # the preload still runs: finish it, ticking meanwhile
                 self._preloading = False
-                preload = self._relay_until_done(lambda _: None, tick, poll_s)
+                preload = self._relay_until_done(_log_preloaded, tick, poll_s)
                 if isinstance(preload, Failed):
                     log.warning("runner.preload_failed", code=preload.code, error=preload.message)
             self._cancel.clear()
