@@ -334,10 +334,13 @@ def main() -> None:
 
         def first_image() -> None:
             # A fresh process on the cache the 1024 phase filled.
-            served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a)},
-                             (logs or root) / "serve-first.log")  # fmt: skip
+            log = (logs or root) / "serve-first.log"
+            served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a)}, log)
             with served as (client, started):
                 found = first_image_figures(client, started)
+            for line in log.read_text(errors="replace").splitlines():
+                if "runner." in line or "server.listening" in line:  # the start's milestones
+                    print(f"    {line}", flush=True)
             figures["first_image_s"] = found["first_image"]
             if "compile_warm" in found:
                 figures["compile_warm_s_1024"] = found["compile_warm"]
