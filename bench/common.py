@@ -96,36 +96,59 @@ def free_port() -> int:
 
 
 class EmbeddedServer:
-    """`dreamforge serve` on ``data_dir`` (by default a temporary one), with the tiny
-    model registered."""
+    """`dreamforge serve` on ``data_dir`` (by default a temporary one, where it makes the
+    tiny model), with ``env`` added to its environment and its log in ``log`` (by default
+    nowhere)."""
 
-    def __init__(self, data_dir: Path | None = None) -> None:
-        self.tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dreamforge-bench-")
-        self.data_dir = data_dir or Path(self.tmp.name)  # type: ignore[union-attr]
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        ready_within_s: float = 120,
+    ) -> None:
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="dreamforge-bench-")
+            data_dir = Path(self.tmp.name)
+        self.data_dir = data_dir
+        self.env = env or {}
+        self.log = log
+        self.ready_within_s = ready_within_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0  # perf_counter() when the process was started
 
     @property
     def model_dir(self) -> Path:
         return self.data_dir / "models" / "tiny-sdxl"
 
     def __enter__(self) -> EmbeddedServer:
-        env = {**os.environ, "DREAMFORGE_DATA_DIR": str(self.data_dir)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("dreamforge serve did not become ready")
+        env = {**os.environ, "DREAMFORGE_DATA_DIR": str(self.data_dir), **self.env}
+        self.started = time.perf_counter()
+        with self.log.open("ab") if self.log else open(os.devnull, "wb") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(self.port)],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        while not self._ready():
+            if self.process.poll() is not None:
+                self.__exit__()
+                raise RuntimeError(f"dreamforge serve exited with {self.process.returncode}")
+            if time.perf_counter() - self.started > self.ready_within_s:
+                self.__exit__()
+                raise RuntimeError("dreamforge serve did not become ready")
+            time.sleep(0.1)
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None:

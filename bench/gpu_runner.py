@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, one_item_request, print_figures, run_job_read
+from bench.common import EmbeddedServer, one_item_request, print_figures, run_job_read
 
 DRY = "--dry-run" in sys.argv
 LARGE = (64, 2) if DRY else (1024, 30)
@@ -154,36 +154,15 @@ def timed_renders(model_dir: Path, cache: Path, size: int, steps: int) -> dict[s
 def serving(data: Path, env: dict[str, str], log: Path) -> Iterator[tuple[httpx.Client, float]]:
     """`dreamforge serve` on ``data``: a client for it, and when the process was started.
     Its log goes to ``log``, whose end is printed if the service fails."""
-    port = free_port()
-    started = time.perf_counter()
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dreamforge.cli", "serve", "--port", str(port),
-             "--data-dir", str(data)],
-            env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        while not _ready(url):
-            if process.poll() is not None or time.perf_counter() - started > 300:
-                raise RuntimeError(f"dreamforge serve not ready (exit code {process.poll()})")
-            time.sleep(0.1)
-        say(f"dreamforge serve ready {time.perf_counter() - started:.1f} s after its start")
-        with httpx.Client(base_url=url, timeout=900) as client:
-            yield client, started
+        with EmbeddedServer(data, env, log, ready_within_s=300) as server:
+            ready_s = time.perf_counter() - server.started
+            say(f"dreamforge serve ready {ready_s:.1f} s after its start")
+            with httpx.Client(base_url=server.url, timeout=900) as client:
+                yield client, server.started
     except BaseException:
         print(log.read_text(errors="replace")[-3000:], flush=True)
         raise
-    finally:
-        process.terminate()
-        process.wait(120)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def compiled(png: bytes) -> bool:
