@@ -17,6 +17,7 @@ from httpx_sse import connect_sse
 from PIL import Image
 
 from dreamforge.domain.jobs import JobSpec
+from dreamforge.runners.protocol import ModelRef
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,12 @@ def tiny_spec(**fields: Any) -> JobSpec:
         "model_id": "tiny",
     }
     return JobSpec(**{**values, **fields})
+
+
+def tiny_model_ref(path: Path) -> ModelRef:
+    """The tiny model in ``path`` as a runner is handed it (id ``tiny``, as ``tiny_spec``
+    names it)."""
+    return ModelRef("tiny", str(path), "diffusers", "0" * 64, "test")
 
 
 GOLDEN_DIR = Path(__file__).parent / "golden"

@@ -28,13 +28,19 @@ from dreamforge.runners.fake import FakeRunner, Plan, Trouble
 from dreamforge.runners.protocol import (
     ItemRendered,
     ItemToRender,
-    ModelRef,
     RenderRequest,
     StepDone,
 )
 from dreamforge.runners.sdxl import DeviceFull, SdxlRunner
 from tests.conftest import LiveServer
-from tests.helpers import assert_matches_golden, run_to_end, submit, tiny_spec, wait_for
+from tests.helpers import (
+    assert_matches_golden,
+    run_to_end,
+    submit,
+    tiny_model_ref,
+    tiny_spec,
+    wait_for,
+)
 from tests.test_lifecycle import FakeServer, fake, lifecycle  # noqa: F401 - the fixture
 
 BATCH = {"prompt": "four foxes", "negative_prompt": "snow", "seed": 500, "count": 4, "steps": 3}
@@ -78,7 +84,7 @@ def test_an_item_rendered_alone_matches_its_batched_render(tiny_model_dir: Path)
     order of floating-point sums inside batched matrix products differs. Measured on this
     CPU: at most 1 level of 255 on any pixel (docs/batches.md); the bound is 2."""
     runner = SdxlRunner(select_device("cpu"))
-    model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
+    model = tiny_model_ref(tiny_model_dir)
     spec = tiny_spec(
         negative_prompt="blurry",
         width=96,
@@ -199,7 +205,7 @@ class SmallDevice:
 
 def test_a_micro_batch_that_runs_out_of_memory_is_halved(tiny_model_dir: Path) -> None:
     runner = SdxlRunner(select_device("cpu"))
-    model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
+    model = tiny_model_ref(tiny_model_dir)
     spec = tiny_spec(count=5, item_seeds=(5, 6, 7, 8, 9))
     items = tuple(ItemToRender(i, 5 + i) for i in range(5))
     runner.generate(RenderRequest(spec, model, (), max_batch=1), lambda _: None, bool)  # load

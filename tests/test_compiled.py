@@ -21,14 +21,13 @@ from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
     ItemRendered,
     ItemToRender,
-    ModelRef,
     RenderRequest,
     RunnerMessage,
     RunnerNote,
     Tick,
 )
 from dreamforge.runners.sdxl import SdxlRunner
-from tests.helpers import tiny_spec
+from tests.helpers import tiny_model_ref, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +36,6 @@ def pixels(png: bytes) -> np.ndarray:  # type: ignore[type-arg]
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
-
-
-def model_of(path: Path) -> ModelRef:
-    return ModelRef("tiny", str(path), "diffusers", "0" * 64, "test")
 
 
 SPEC = tiny_spec(steps=3, seed=5, item_seeds=(5,))
@@ -61,7 +56,7 @@ def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
         select_device("cpu"), compile_unet=True, compile_artifacts=tmp_path / "a.bin"
     )
     assert runner.compiled is not None
-    request = RenderRequest(SPEC, model_of(tiny_model_dir), (ItemToRender(0, 5),))
+    request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
 
     def render() -> list[RunnerMessage]:
         out: list[RunnerMessage] = []
@@ -91,7 +86,7 @@ def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_pa
         runner = SdxlProcessRunner(
             "cpu", compile_unet="on", compile_cache_dir=str(tmp_path / "cache")
         )
-        request = RenderRequest(SPEC, model_of(tiny_model_dir), (ItemToRender(0, 5),))
+        request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
         notes: list[str] = []
 
         def keep(message: RunnerMessage) -> None:
@@ -119,7 +114,7 @@ def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path)
     runner = SdxlRunner(select_device("cpu"), compile_unet=True)
     assert runner.compiled is not None
     spec = tiny_spec(steps=2, count=4, item_seeds=(1, 2, 3, 4))
-    model = model_of(tiny_model_dir)
+    model = tiny_model_ref(tiny_model_dir)
 
     def render(count: int) -> list[ItemRendered]:
         items = tuple(ItemToRender(i, 1 + i) for i in range(count))

@@ -34,7 +34,7 @@ from dreamforge.runners.device import DeviceChoice, select_device
 from dreamforge.runners.protocol import ItemRendered, ItemToRender, ModelRef, RenderRequest
 from dreamforge.runners.sdxl import SdxlRunner
 from tests.conftest import LiveServer
-from tests.helpers import run_to_end, tiny_spec
+from tests.helpers import run_to_end, tiny_model_ref, tiny_spec
 
 DIFFUSERS_SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
@@ -93,7 +93,7 @@ def test_each_scheduler_renders_what_diffusers_renders_with_it(
     tiny_model_dir: Path, bare: Bare
 ) -> None:
     runner = SdxlRunner(select_device("cpu"))
-    model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
+    model = tiny_model_ref(tiny_model_dir)
     rendered: dict[str, bytes] = {}
     for name in Scheduler:
         spec = tiny_spec(steps=3, scheduler=name, seed=31)
@@ -160,7 +160,7 @@ def test_a_half_precision_image_logs_nothing_about_its_vae_casts(tiny_model_dir:
     image; diffusers' warnings about that (two an image) stay out of the service's log.
     fp16 runs on this CPU too, slowly."""
     runner = SdxlRunner(DeviceChoice(torch.device("cpu"), torch.float16))
-    model = ModelRef("tiny", str(tiny_model_dir), "diffusers", "0" * 64, "test")
+    model = tiny_model_ref(tiny_model_dir)
     spec = tiny_spec(steps=2, seed=1, item_seeds=(1,))
     out: list[object] = []
     logged: list[logging.LogRecord] = []

@@ -20,8 +20,7 @@ from dreamforge.runners.protocol import (
     StepReports,
     Tick,
 )
-from tests.helpers import tiny_spec
-from tests.test_compiled import model_of
+from tests.helpers import tiny_model_ref, tiny_spec
 
 
 def reported(
@@ -62,10 +61,11 @@ def steps_reported(runner: SdxlProcessRunner, request: RenderRequest) -> list[in
 def test_the_pipeline_process_reports_steps_as_often_as_asked(tiny_model_dir: Path) -> None:
     spec = tiny_spec(steps=4, seed=3, item_seeds=(3,))
     items = (ItemToRender(0, 3),)
+    model = tiny_model_ref(tiny_model_dir)
     runner = SdxlProcessRunner("cpu")
     try:
-        every = steps_reported(runner, RenderRequest(spec, model_of(tiny_model_dir), items))
-        hourly = RenderRequest(spec, model_of(tiny_model_dir), items, progress_interval_s=3600)
+        every = steps_reported(runner, RenderRequest(spec, model, items))
+        hourly = RenderRequest(spec, model, items, progress_interval_s=3600)
         assert (every, steps_reported(runner, hourly)) == ([1, 2, 3, 4], [1, 4])
     finally:
         runner.stop()
@@ -78,7 +78,7 @@ def test_a_woken_pipeline_process_is_asked_at_once_and_a_cancel_stops_it(
     # only a wake can get the cancel to it before the 400 steps are done.
     spec = tiny_spec(steps=400, seed=3, item_seeds=(3,))
     request = RenderRequest(
-        spec, model_of(tiny_model_dir), (ItemToRender(0, 3),), progress_interval_s=3600
+        spec, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 3),), progress_interval_s=3600
     )
     runner = SdxlProcessRunner("cpu")
     canceled = threading.Event()
