@@ -19,10 +19,13 @@ from PIL import Image
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.domain.jobs import JobStatus
 from dreamforge.runners.device import (
+    DeviceChoice,
     InsufficientMemory,
     check_headroom,
     fit_batch,
+    free_memory,
     select_device,
+    settle,
 )
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
 from dreamforge.runners.protocol import (
@@ -179,6 +182,54 @@ def test_a_micro_batch_fits_the_free_device_memory() -> None:
     check_headroom(3 * gib, 24 * gib, 1024, 1024)  # ~2.9 GiB needed
     with pytest.raises(InsufficientMemory, match=r"1024x1024 image needs about 2\.9 GiB"):
         check_headroom(2 * gib, 24 * gib, 1024, 1024)
+
+
+class CachingAllocator:
+    """A GPU's memory as torch's caching allocator reports it: blocks a request freed stay
+    reserved by the process until ``empty_cache`` gives them back to the driver."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.allocated, self.reserved = total, 0, 0
+
+    def mem_get_info(self, _device: object = None) -> tuple[int, int]:
+        return self.total - self.reserved, self.total
+
+    def memory_reserved(self, _device: object = None) -> int:
+        return self.reserved
+
+    def memory_allocated(self, _device: object = None) -> int:
+        return self.allocated
+
+    def empty_cache(self) -> None:
+        self.reserved = self.allocated
+
+    def synchronize(self, _device: object = None) -> None:
+        pass
+
+
+def test_a_request_leaves_its_freed_memory_cached_for_the_next_and_counted_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gib = 2**30
+    gpu = CachingAllocator(total=24 * gib)
+    for name in (
+        "mem_get_info",
+        "memory_reserved",
+        "memory_allocated",
+        "empty_cache",
+        "synchronize",
+    ):
+        monkeypatch.setattr(torch.cuda, name, getattr(gpu, name))
+    cuda = DeviceChoice(torch.device("cuda"), torch.float16)
+    gpu.allocated = 7 * gib  # the model
+    gpu.reserved = 19 * gib  # and the activations of the request that just ended
+
+    settle(cuda)
+
+    assert gpu.reserved == 19 * gib  # the next request reuses them, no cudaMalloc
+    free, total = free_memory(cuda)
+    assert (free, total) == (17 * gib, 24 * gib)
+    assert fit_batch(8, free, 1024, 1024) == 4  # as many as an emptied cache would allow
 
 
 class SmallDevice:

@@ -46,12 +46,16 @@ def allocated_memory(choice: DeviceChoice) -> int | None:
 
 
 def settle(choice: DeviceChoice) -> None:
-    """Give back what nothing refers to any more: Python's garbage first (a traceback can
-    hold a whole micro-batch of activations), then the caching allocator's free blocks."""
+    """Let go of what nothing refers to any more (a traceback can hold a whole micro-batch
+    of activations) and wait for the device, so that its figures are this request's.
+
+    The caching allocator keeps the blocks it freed: the next request of the same shape
+    reuses them, where an emptied cache made every request allocate its activations from
+    the driver anew (``cudaMalloc``, which synchronizes). ``free_memory`` counts them as
+    free, and on an out-of-memory the allocator gives them back and tries again itself."""
     gc.collect()
     if choice.device.type == "cuda":
         torch.cuda.synchronize(choice.device)
-        torch.cuda.empty_cache()
 
 
 def memory_report(choice: DeviceChoice, baseline_bytes: int | None) -> DeviceMemory:
@@ -106,11 +110,13 @@ def check_headroom(
 
 
 def free_memory(choice: DeviceChoice) -> tuple[int | None, int | None]:
-    """Free and total device memory; ``None`` where the device cannot tell."""
+    """Free and total device memory, the allocator's cached blocks counted as free (this
+    process reuses them); ``None`` where the device cannot tell."""
     if choice.device.type != "cuda":
         return None, None
     free, total = torch.cuda.mem_get_info(choice.device)
-    return int(free), int(total)
+    cached = torch.cuda.memory_reserved(choice.device) - torch.cuda.memory_allocated(choice.device)
+    return int(free + cached), int(total)
 
 
 def default_budget(choice: DeviceChoice) -> int:
