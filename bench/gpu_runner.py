@@ -17,6 +17,7 @@ come last, ``name: value`` a line, those of skipped phases left out.
     python -m bench.gpu_runner --budget-s 480   # as above, phases after 480 s skipped
     python -m bench.gpu_runner --dry-run        # the tiny model on the CPU: checks the script
     python -m bench.gpu_runner --logs DIR       # keeps the services' logs in DIR
+    python -m bench.gpu_runner --scope unet     # the whole UNet compiled (default: regions)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import httpx
 from bench.common import EmbeddedServer, one_item_request, print_figures, run_job_read
 
 DRY = "--dry-run" in sys.argv
+SCOPE = sys.argv[sys.argv.index("--scope") + 1] if "--scope" in sys.argv else "regions"
 LARGE = (64, 2) if DRY else (1024, 30)
 SMALL = (64, 2) if DRY else (512, 8)
 BURST = 16
@@ -63,7 +65,7 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     in both layouts. Prints them as one JSON object."""
     import torch
 
-    from dreamforge.runners.compiled import CompiledUnets
+    from dreamforge.runners.compiled import CompiledUnets, CompileScope
     from dreamforge.runners.device import select_device
     from dreamforge.runners.protocol import ItemRendered, RunnerMessage, RunnerNote
     from dreamforge.runners.sdxl import SdxlRunner
@@ -108,7 +110,8 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     render()
     figures["eager_channels_last"] = images_per_s()
     layout(torch.contiguous_format)
-    runner.compiled = CompiledUnets(Path(cache) / "artifacts.bin")
+    scope: CompileScope = "unet" if SCOPE == "unet" else "regions"
+    runner.compiled = CompiledUnets(Path(cache) / "artifacts.bin", scope)
     render()  # still eager: asks for this shape's compile, which starts when it is done
     runner.compiled.wait()
     render()  # compiled; brings the compile's note
@@ -140,7 +143,7 @@ def timed_renders(model_dir: Path, cache: Path, size: int, steps: int) -> dict[s
     renders = 2 if DRY else (3 if size >= 1024 else 6)
     result = subprocess.run(
         [sys.executable, "-m", "bench.gpu_runner", "--child", str(model_dir), str(cache),
-         str(size), str(steps), str(renders), *(["--dry-run"] if DRY else [])],
+         str(size), str(steps), str(renders), "--scope", SCOPE, *(["--dry-run"] if DRY else [])],
         env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")},
         stdout=subprocess.PIPE, text=True, check=True,
     )  # fmt: skip
@@ -262,6 +265,7 @@ def main() -> None:
     from dreamforge.models.tiny import build_tiny_sdxl
 
     figures: dict[str, float] = {}
+    say(f"the UNet compiled {'whole' if SCOPE == 'unet' else 'by regions'} (--scope {SCOPE})")
     with tempfile.TemporaryDirectory(prefix="dreamforge-runner-") as tmp:
         root = Path(tmp)
         model_dir = root / "bench-sdxl"
@@ -298,6 +302,7 @@ def main() -> None:
         env = {
             "DREAMFORGE_DEFAULT_MODEL_ID": "bench-sdxl",
             "DREAMFORGE_COMPILE_UNET": "on",
+            "DREAMFORGE_COMPILE_SCOPE": SCOPE,
             "DREAMFORGE_MAX_BATCH_SIZE": "8",
             "DREAMFORGE_CREATE_DEFAULT_MODEL": "false",
         }

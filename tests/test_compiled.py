@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dreamforge.artifacts.receipts import read_receipt
+from dreamforge.runners.compiled import CompileScope
 from dreamforge.runners.device import select_device
 from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
@@ -49,11 +50,15 @@ def _unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
+@pytest.mark.parametrize(("scope", "how"), [("regions", "by regions"), ("unet", "whole")])
 def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, scope: CompileScope, how: str
 ) -> None:
     runner = SdxlRunner(
-        select_device("cpu"), compile_unet=True, compile_artifacts=tmp_path / "a.bin"
+        select_device("cpu"),
+        compile_unet=True,
+        compile_artifacts=tmp_path / "a.bin",
+        compile_scope=scope,
     )
     assert runner.compiled is not None
     request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
@@ -69,7 +74,7 @@ def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
     assert not [o for o in gc.get_objects() if isinstance(o, torch.fx.GraphModule)]
     second = render()
     notes = [m.message for m in second if isinstance(m, RunnerNote)]
-    assert len(notes) == 1 and "UNet compiled for 64x64 x1 (guided)" in notes[0], notes
+    assert len(notes) == 1 and f"UNet compiled {how} for 64x64 x1 (guided)" in notes[0], notes
     eager, compiled = (
         next(m for m in out if isinstance(m, ItemRendered)) for out in (first, second)
     )

@@ -142,8 +142,15 @@ class Settings(BaseSettings):
     )
     compile_unet: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Compile the UNet by regions, in the background (the first images of a "
-        "shape render eagerly meanwhile). auto: on CUDA only; CPU and MPS stay eager.",
+        description="Compile the UNet (see compile_scope) in the background; the first "
+        "images of a shape render eagerly meanwhile. auto: on CUDA only; CPU and MPS stay "
+        "eager.",
+    )
+    compile_scope: Literal["regions", "unet"] = Field(
+        "regions",
+        description="What is compiled. regions: each transformer block, compiled once and "
+        "reused (seconds to compile); unet: the whole UNet as one graph (minutes to "
+        "compile, in the background; fewer kernel launches).",
     )
     compile_cache_dir: Path | None = Field(
         None,

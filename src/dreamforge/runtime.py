@@ -76,6 +76,7 @@ def default_runner(settings: Settings) -> Runner:
     return SdxlProcessRunner(
         memory_budget_bytes=settings.resident_models_bytes or None,
         compile_unet=settings.compile_unet,
+        compile_scope=settings.compile_scope,
         compile_cache_dir=str(settings.resolved_compile_cache_dir),
     )
 

@@ -1,6 +1,6 @@
-"""UNets compiled by regions (diffusers' ``compile_repeated_blocks``: one transformer
-block compiled and reused), so that the first image of a shape never waits for the
-compiler.
+"""UNets compiled in the background, so that the first image of a shape never waits for
+the compiler: by regions (diffusers' ``compile_repeated_blocks``: one transformer block
+compiled and reused; seconds) or whole (one graph; minutes, fewer kernel launches).
 
 A job of a shape with no compiled graph yet is denoised eagerly; once its request is
 done, a thread compiles and warms a twin of the model's UNet for that shape: the twin
@@ -11,8 +11,8 @@ worker does not compile again from scratch.
 
 Compiling and running modules at the same time is not safe in torch (its tracer patches
 ``Module.__call__`` for every thread while it traces), so a compile and a denoise never
-overlap: a job that arrives while a compile runs waits for it (once per shape, and
-seconds when the graphs come from the cache).
+overlap: a job that arrives while a compile runs waits for it (once per shape: seconds
+by regions or from the cache, minutes for a whole UNet on a cold cache).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+CompileScope = Literal["regions", "unet"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def shared_twin(unet: torch.nn.Module) -> Any:
 
 
 class CompiledUnets:
-    def __init__(self, artifacts: Path | None = None) -> None:
+    def __init__(self, artifacts: Path | None = None, scope: CompileScope = "regions") -> None:
         self._artifacts = artifacts
+        self._scope = scope
         self._twins: dict[str, _Twin] = {}
         self._lock = threading.Lock()  # guards the bookkeeping
         self._running = threading.Lock()  # held by a denoise or a compile, never both
@@ -124,7 +127,10 @@ class CompiledUnets:
         with self._running:
             if twin.unet is None:
                 twin.unet = shared_twin(pipe.unet)
-                twin.unet.compile_repeated_blocks(fullgraph=True)
+                if self._scope == "unet":
+                    twin.unet.compile(fullgraph=True)
+                else:
+                    twin.unet.compile_repeated_blocks(fullgraph=True)
             # Its own scheduler: the job thread's is in use; the rest only computes.
             scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
             warm = StableDiffusionXLPipeline(
@@ -154,11 +160,12 @@ class CompiledUnets:
             if saved is not None:
                 self._artifacts.parent.mkdir(parents=True, exist_ok=True)
                 self._artifacts.write_bytes(saved[0])
+        how = "whole" if self._scope == "unet" else "by regions"
         with self._lock:
             twin.shapes.add(shape)
             twin.pending.discard(shape)
             self._notes.append(
-                f"UNet compiled for {shape} in {seconds:.1f}s in the background "
+                f"UNet compiled {how} for {shape} in {seconds:.1f}s in the background "
                 f"({_graphs() - before}); images of that shape use it from now"
             )
 

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -36,6 +36,9 @@ from dreamforge.runners.protocol import (
     StepReports,
     Tick,
 )
+
+if TYPE_CHECKING:  # it imports diffusers, which only a child may (see PRELOADED)
+    from dreamforge.runners.compiled import CompileScope
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +78,7 @@ def _child_main(
     memory_budget_bytes: int | None,
     compile_unet: str = "off",
     compile_cache_dir: str | None = None,
+    compile_scope: CompileScope = "regions",
 ) -> None:
     if compile_cache_dir:  # read by inductor when it first looks for its cache
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{compile_cache_dir}/inductor"
@@ -89,7 +93,7 @@ def _child_main(
     choice = select_device(device)
     compiling = compile_unet == "on" or (compile_unet == "auto" and choice.device.type == "cuda")
     artifacts = Path(compile_cache_dir) / "artifacts.bin" if compile_cache_dir else None
-    runner = SdxlRunner(choice, memory_budget_bytes, compiling, artifacts)
+    runner = SdxlRunner(choice, memory_budget_bytes, compiling, artifacts, compile_scope)
     while True:
         try:
             request = conn.recv()
@@ -176,10 +180,11 @@ class SdxlProcessRunner:
         memory_budget_bytes: int | None = None,
         compile_unet: str = "off",
         compile_cache_dir: str | None = None,
+        compile_scope: CompileScope = "regions",
     ) -> None:
         self._device = device
         self._memory_budget_bytes = memory_budget_bytes
-        self._compile = (compile_unet, compile_cache_dir)
+        self._compile = (compile_unet, compile_cache_dir, compile_scope)
         self._context = _CHILDREN
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None

@@ -32,7 +32,7 @@ from dreamforge import __version__
 from dreamforge.artifacts.receipts import Receipt, encode_png
 from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.jobs import JobSpec, Scheduler
-from dreamforge.runners.compiled import CompiledUnets, Shape, bucket_size
+from dreamforge.runners.compiled import CompiledUnets, CompileScope, Shape, bucket_size
 from dreamforge.runners.device import (
     DeviceChoice,
     allocated_memory,
@@ -116,9 +116,10 @@ class SdxlRunner:
         memory_budget_bytes: int | None = None,
         compile_unet: bool = False,
         compile_artifacts: Path | None = None,
+        compile_scope: CompileScope = "regions",
     ) -> None:
         self._device = device
-        self.compiled = CompiledUnets(compile_artifacts) if compile_unet else None
+        self.compiled = CompiledUnets(compile_artifacts, compile_scope) if compile_unet else None
         budget = memory_budget_bytes or default_budget(device)
         self._resident = ResidentPipelines(budget)
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
