@@ -18,6 +18,7 @@ come last, ``name: value`` a line, those of skipped phases left out.
     python -m bench.gpu_runner --dry-run        # the tiny model on the CPU: checks the script
     python -m bench.gpu_runner --logs DIR       # keeps the services' logs in DIR
     python -m bench.gpu_runner --scope unet     # the whole UNet compiled (default: regions)
+    python -m bench.gpu_runner --vae            # the VAE decoder compiled too
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bench.common import EmbeddedServer, one_item_request, print_figures, run_jo
 
 DRY = "--dry-run" in sys.argv
 SCOPE = sys.argv[sys.argv.index("--scope") + 1] if "--scope" in sys.argv else "regions"
+VAE = "--vae" in sys.argv
 LARGE = (64, 2) if DRY else (1024, 30)
 SMALL = (64, 2) if DRY else (512, 8)
 BURST = 16
@@ -65,7 +67,8 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     in both layouts. Prints them as one JSON object."""
     import torch
 
-    from dreamforge.runners.compiled import CompiledUnets, CompileScope
+    from dreamforge.runners.compile_options import CompileOptions, CompileScope
+    from dreamforge.runners.compiled import CompiledModules
     from dreamforge.runners.device import select_device
     from dreamforge.runners.protocol import ItemRendered, RunnerMessage, RunnerNote
     from dreamforge.runners.sdxl import SdxlRunner
@@ -111,7 +114,7 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     figures["eager_channels_last"] = images_per_s()
     layout(torch.contiguous_format)
     scope: CompileScope = "unet" if SCOPE == "unet" else "regions"
-    runner.compiled = CompiledUnets(Path(cache) / "artifacts.bin", scope)
+    runner.compiled = CompiledModules(CompileOptions("on", scope, VAE, Path(cache)))
     render()  # still eager: asks for this shape's compile, which starts when it is done
     runner.compiled.wait()
     render()  # compiled; brings the compile's note
@@ -143,7 +146,8 @@ def timed_renders(model_dir: Path, cache: Path, size: int, steps: int) -> dict[s
     renders = 2 if DRY else (3 if size >= 1024 else 6)
     result = subprocess.run(
         [sys.executable, "-m", "bench.gpu_runner", "--child", str(model_dir), str(cache),
-         str(size), str(steps), str(renders), "--scope", SCOPE, *(["--dry-run"] if DRY else [])],
+         str(size), str(steps), str(renders), "--scope", SCOPE, *(["--vae"] if VAE else []),
+         *(["--dry-run"] if DRY else [])],
         env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")},
         stdout=subprocess.PIPE, text=True, check=True,
     )  # fmt: skip
@@ -265,7 +269,8 @@ def main() -> None:
     from dreamforge.models.tiny import build_tiny_sdxl
 
     figures: dict[str, float] = {}
-    say(f"the UNet compiled {'whole' if SCOPE == 'unet' else 'by regions'} (--scope {SCOPE})")
+    vae = ", and the VAE decoder (--vae)" if VAE else ""
+    say(f"the UNet compiled {'whole' if SCOPE == 'unet' else 'by regions'} (--scope {SCOPE}){vae}")
     with tempfile.TemporaryDirectory(prefix="dreamforge-runner-") as tmp:
         root = Path(tmp)
         model_dir = root / "bench-sdxl"
@@ -303,6 +308,7 @@ def main() -> None:
             "DREAMFORGE_DEFAULT_MODEL_ID": "bench-sdxl",
             "DREAMFORGE_COMPILE_UNET": "on",
             "DREAMFORGE_COMPILE_SCOPE": SCOPE,
+            "DREAMFORGE_COMPILE_VAE": str(VAE).lower(),
             "DREAMFORGE_MAX_BATCH_SIZE": "8",
             "DREAMFORGE_CREATE_DEFAULT_MODEL": "false",
         }

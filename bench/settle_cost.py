@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.common import one_item_request
 from dreamforge.models.tiny import build_tiny_sdxl
+from dreamforge.runners.compile_options import CompileOptions
 from dreamforge.runners.device import select_device
 from dreamforge.runners.sdxl import SdxlRunner
 
@@ -35,7 +36,7 @@ def main() -> None:
         model_dir = Path(tmp) / "tiny"
         build_tiny_sdxl().save_pretrained(model_dir, safe_serialization=True)
         gc.freeze()  # as the child does once it has imported everything
-        runner = SdxlRunner(select_device("cpu"), compile_unet=True)
+        runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
         assert runner.compiled is not None
         request = one_item_request(model_dir, 64, 2)
         runner.generate(request, lambda _: None, bool)  # eager; starts the compile

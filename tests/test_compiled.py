@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dreamforge.artifacts.receipts import read_receipt
-from dreamforge.runners.compiled import CompileScope
+from dreamforge.runners.compile_options import CompileOptions, CompileScope
 from dreamforge.runners.device import select_device
 from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
@@ -50,16 +50,17 @@ def _unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
-@pytest.mark.parametrize(("scope", "how"), [("regions", "by regions"), ("unet", "whole")])
+@pytest.mark.parametrize(
+    ("scope", "vae", "what"),
+    [
+        ("regions", False, "UNet compiled by regions"),
+        ("unet", True, "UNet compiled whole (and the VAE decoder)"),
+    ],
+)
 def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
-    tiny_model_dir: Path, tmp_path: Path, scope: CompileScope, how: str
+    tiny_model_dir: Path, tmp_path: Path, scope: CompileScope, vae: bool, what: str
 ) -> None:
-    runner = SdxlRunner(
-        select_device("cpu"),
-        compile_unet=True,
-        compile_artifacts=tmp_path / "a.bin",
-        compile_scope=scope,
-    )
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on", scope, vae, tmp_path))
     assert runner.compiled is not None
     request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
 
@@ -74,7 +75,7 @@ def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
     assert not [o for o in gc.get_objects() if isinstance(o, torch.fx.GraphModule)]
     second = render()
     notes = [m.message for m in second if isinstance(m, RunnerNote)]
-    assert len(notes) == 1 and f"UNet compiled {how} for 64x64 x1 (guided)" in notes[0], notes
+    assert len(notes) == 1 and f"{what} for 64x64 x1 (guided)" in notes[0], notes
     eager, compiled = (
         next(m for m in out if isinstance(m, ItemRendered)) for out in (first, second)
     )
@@ -82,15 +83,13 @@ def test_the_first_image_is_eager_and_the_next_compiled_with_its_pixels(
     assert read_receipt(compiled.png).compiled is True
     # Measured here: the same seed, eager and compiled, differ by at most a level.
     assert np.abs(pixels(eager.png) - pixels(compiled.png)).max() <= 2
-    assert (tmp_path / "a.bin").is_file()
+    assert (tmp_path / "artifacts.bin").is_file()
     runner.compiled.stop()
 
 
 def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
     def a_worker_life() -> list[str]:
-        runner = SdxlProcessRunner(
-            "cpu", compile_unet="on", compile_cache_dir=str(tmp_path / "cache")
-        )
+        runner = SdxlProcessRunner("cpu", compiling=CompileOptions("on", cache_dir=tmp_path))
         request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
         notes: list[str] = []
 
@@ -116,7 +115,7 @@ def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_pa
 
 def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path) -> None:
     """Compiled sizes are 1, 2, 4, 8…: three items pad to four, and only three come back."""
-    runner = SdxlRunner(select_device("cpu"), compile_unet=True)
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
     assert runner.compiled is not None
     spec = tiny_spec(steps=2, count=4, item_seeds=(1, 2, 3, 4))
     model = tiny_model_ref(tiny_model_dir)

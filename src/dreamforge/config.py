@@ -152,6 +152,10 @@ class Settings(BaseSettings):
         "reused (seconds to compile); unet: the whole UNet as one graph (minutes to "
         "compile, in the background; fewer kernel launches).",
     )
+    compile_vae: bool = Field(
+        False,
+        description="Compile the VAE's decoder too, with the UNet (when compile_unet is on).",
+    )
     compile_cache_dir: Path | None = Field(
         None,
         description="Where compiled artifacts are kept across restarts; default: "

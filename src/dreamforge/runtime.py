@@ -71,13 +71,17 @@ def make_notifier(settings: Settings, serves_streams: bool) -> Notifier:
 
 
 def default_runner(settings: Settings) -> Runner:
+    from dreamforge.runners.compile_options import CompileOptions
     from dreamforge.runners.process import SdxlProcessRunner  # the child imports torch
 
     return SdxlProcessRunner(
         memory_budget_bytes=settings.resident_models_bytes or None,
-        compile_unet=settings.compile_unet,
-        compile_scope=settings.compile_scope,
-        compile_cache_dir=str(settings.resolved_compile_cache_dir),
+        compiling=CompileOptions(
+            settings.compile_unet,
+            settings.compile_scope,
+            settings.compile_vae,
+            settings.resolved_compile_cache_dir,
+        ),
     )
 
 

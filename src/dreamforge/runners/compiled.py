@@ -1,11 +1,12 @@
-"""UNets compiled in the background, so that the first image of a shape never waits for
-the compiler: by regions (diffusers' ``compile_repeated_blocks``: one transformer block
-compiled and reused; seconds) or whole (one graph; minutes, fewer kernel launches).
+"""UNets (and optionally VAE decoders) compiled in the background, so that the first
+image of a shape never waits for the compiler: the UNet by regions (diffusers'
+``compile_repeated_blocks``: one transformer block compiled and reused; seconds) or whole
+(one graph; minutes, fewer kernel launches).
 
 A job of a shape with no compiled graph yet is denoised eagerly; once its request is
-done, a thread compiles and warms a twin of the model's UNet for that shape: the twin
-shares the UNet's weights (no second copy on the device) and has its own compiled
-blocks. From then on, jobs of that shape use the twin. Compiled artifacts go to a cache
+done, a thread compiles and warms twins of the model's UNet (and VAE) for that shape: a
+twin shares its module's weights (no second copy on the device) and has its own compiled
+parts. From then on, jobs of that shape use the twins. Compiled artifacts go to a cache
 on disk (inductor's, and ``torch.compiler.save_cache_artifacts``), so that a restarted
 worker does not compile again from scratch.
 
@@ -26,13 +27,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-CompileScope = Literal["regions", "unet"]
+from dreamforge.runners.compile_options import CompileOptions
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,11 @@ class Shape:
 
 
 @dataclass
-class _Twin:
+class _Twins:
+    """One model's compiled twins, made at its first compile."""
+
     sha256: str
-    unet: Any
+    modules: dict[str, Any]  # the pipeline's component name -> its compiled twin
     shapes: set[Shape]  # warm: compiled for these
     pending: set[Shape]  # asked for, not warm yet
 
@@ -61,25 +63,27 @@ def bucket_size(items: int) -> int:
     return 1 << max(items - 1, 0).bit_length()
 
 
-def shared_twin(unet: torch.nn.Module) -> Any:
-    """A copy of ``unet``'s modules holding the very same weight tensors."""
-    memo: dict[int, Any] = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
-    return copy.deepcopy(unet, memo)
+def shared_twin(module: torch.nn.Module) -> Any:
+    """A copy of ``module``'s modules holding the very same weight tensors."""
+    memo: dict[int, Any] = {
+        id(t): t for t in itertools.chain(module.parameters(), module.buffers())
+    }
+    return copy.deepcopy(module, memo)
 
 
-class CompiledUnets:
-    def __init__(self, artifacts: Path | None = None, scope: CompileScope = "regions") -> None:
-        self._artifacts = artifacts
-        self._scope = scope
-        self._twins: dict[str, _Twin] = {}
+class CompiledModules:
+    def __init__(self, options: CompileOptions) -> None:
+        self._options = options
+        self._artifacts = options.artifacts
+        self._twins: dict[str, _Twins] = {}
         self._lock = threading.Lock()  # guards the bookkeeping
         self._running = threading.Lock()  # held by a denoise or a compile, never both
-        self._wanted: list[tuple[_Twin, StableDiffusionXLPipeline, Shape]] = []
+        self._wanted: list[tuple[_Twins, StableDiffusionXLPipeline, Shape]] = []
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="dreamforge-compile")
         self._futures: list[Future[None]] = []
         self._notes: list[str] = []  # what finished since they were last taken
-        if artifacts is not None and artifacts.is_file():
-            torch.compiler.load_cache_artifacts(artifacts.read_bytes())
+        if self._artifacts is not None and self._artifacts.is_file():
+            torch.compiler.load_cache_artifacts(self._artifacts.read_bytes())
 
     def take_notes(self) -> list[str]:
         with self._lock:
@@ -92,22 +96,22 @@ class CompiledUnets:
             future.result()
 
     @contextmanager
-    def unet_for(
+    def modules_for(
         self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
-    ) -> Iterator[tuple[Any, bool]]:
-        """The compiled twin if it is warm for ``shape``, else the eager UNet (and the
-        shape is wanted: ``compile_wanted`` starts it); and whether it is the compiled one."""
+    ) -> Iterator[dict[str, Any]]:
+        """The compiled twins by component name (``unet``, ``vae``) if they are warm for
+        ``shape``; else none, and the shape is wanted (``compile_wanted`` starts it)."""
         with self._lock:
-            twin = self._twins.get(model_id)
-            if twin is None or twin.sha256 != sha256:
-                twin = _Twin(sha256, None, set(), set())
-                self._twins[model_id] = twin
-            warm = shape in twin.shapes
-            if not warm and shape not in twin.pending:
-                twin.pending.add(shape)
-                self._wanted.append((twin, pipe, shape))
+            twins = self._twins.get(model_id)
+            if twins is None or twins.sha256 != sha256:
+                twins = _Twins(sha256, {}, set(), set())
+                self._twins[model_id] = twins
+            warm = shape in twins.shapes
+            if not warm and shape not in twins.pending:
+                twins.pending.add(shape)
+                self._wanted.append((twins, pipe, shape))
         with self._running:
-            yield (twin.unet, True) if warm else (pipe.unet, False)
+            yield twins.modules if warm else {}
 
     def exclusive(self) -> threading.Lock:
         """Held while other modules run (refine, upscalers): no compile meanwhile."""
@@ -118,23 +122,31 @@ class CompiledUnets:
         its later micro-batches must not wait behind the compile)."""
         with self._lock:
             wanted, self._wanted = self._wanted, []
-            for twin, pipe, shape in wanted:
-                self._futures.append(self._compiler.submit(self._warm_up, twin, pipe, shape))
+            for twins, pipe, shape in wanted:
+                self._futures.append(self._compiler.submit(self._warm_up, twins, pipe, shape))
 
-    def _warm_up(self, twin: _Twin, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
+    def _compiled_twins(self, pipe: StableDiffusionXLPipeline) -> dict[str, Any]:
+        unet = shared_twin(pipe.unet)
+        if self._options.scope == "unet":
+            unet.compile(fullgraph=True)
+        else:
+            unet.compile_repeated_blocks(fullgraph=True)
+        if not self._options.vae:
+            return {"unet": unet}
+        vae = shared_twin(pipe.vae)
+        vae.decoder.compile(fullgraph=True)
+        return {"unet": unet, "vae": vae}
+
+    def _warm_up(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
         started = time.perf_counter()
         before = _graphs()
         with self._running:
-            if twin.unet is None:
-                twin.unet = shared_twin(pipe.unet)
-                if self._scope == "unet":
-                    twin.unet.compile(fullgraph=True)
-                else:
-                    twin.unet.compile_repeated_blocks(fullgraph=True)
+            if not twins.modules:
+                twins.modules = self._compiled_twins(pipe)
             # Its own scheduler: the job thread's is in use; the rest only computes.
             scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
             warm = StableDiffusionXLPipeline(
-                **{**pipe.components, "unet": twin.unet, "scheduler": scheduler}
+                **{**pipe.components, **twins.modules, "scheduler": scheduler}
             )
             warm.set_progress_bar_config(disable=True)
             with torch.inference_mode():
@@ -144,7 +156,8 @@ class CompiledUnets:
                     height=shape.height,
                     num_inference_steps=2,
                     guidance_scale=5.0 if shape.guided else 1.0,
-                    output_type="latent",
+                    # The decoder runs only where it is compiled.
+                    output_type="pil" if "vae" in twins.modules else "latent",
                 )
             # What a compile leaves (graphs, guards, kernels: 160k-235k objects even for
             # the tiny model) lives as long as the process. Frozen, it is out of the sight
@@ -160,12 +173,14 @@ class CompiledUnets:
             if saved is not None:
                 self._artifacts.parent.mkdir(parents=True, exist_ok=True)
                 self._artifacts.write_bytes(saved[0])
-        how = "whole" if self._scope == "unet" else "by regions"
+        what = "UNet compiled " + ("whole" if self._options.scope == "unet" else "by regions")
+        if "vae" in twins.modules:
+            what += " (and the VAE decoder)"
         with self._lock:
-            twin.shapes.add(shape)
-            twin.pending.discard(shape)
+            twins.shapes.add(shape)
+            twins.pending.discard(shape)
             self._notes.append(
-                f"UNet compiled {how} for {shape} in {seconds:.1f}s in the background "
+                f"{what} for {shape} in {seconds:.1f}s in the background "
                 f"({_graphs() - before}); images of that shape use it from now"
             )
 

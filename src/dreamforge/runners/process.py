@@ -17,12 +17,12 @@ import threading
 import weakref
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from dreamforge.domain.errors import ErrorCode
+from dreamforge.runners.compile_options import EAGER, CompileOptions
 from dreamforge.runners.protocol import (
     DeviceMemory,
     Failed,
@@ -36,9 +36,6 @@ from dreamforge.runners.protocol import (
     StepReports,
     Tick,
 )
-
-if TYPE_CHECKING:  # it imports diffusers, which only a child may (see PRELOADED)
-    from dreamforge.runners.compiled import CompileScope
 
 log = structlog.get_logger(__name__)
 
@@ -76,12 +73,10 @@ def _child_main(
     cancel: Event,
     device: str | None,
     memory_budget_bytes: int | None,
-    compile_unet: str = "off",
-    compile_cache_dir: str | None = None,
-    compile_scope: CompileScope = "regions",
+    compiling: CompileOptions,
 ) -> None:
-    if compile_cache_dir:  # read by inductor when it first looks for its cache
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{compile_cache_dir}/inductor"
+    if compiling.inductor_cache:  # read by inductor when it first looks for its cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compiling.inductor_cache)
     from dreamforge.runners.device import InsufficientMemory, select_device
     from dreamforge.runners.sdxl import Canceled, DeviceFull, ModelUnusable, SdxlRunner
 
@@ -90,10 +85,7 @@ def _child_main(
     # each request scans only what came after (1.5 ms instead of 240 ms on a small CPU,
     # added to every job's end).
     gc.freeze()
-    choice = select_device(device)
-    compiling = compile_unet == "on" or (compile_unet == "auto" and choice.device.type == "cuda")
-    artifacts = Path(compile_cache_dir) / "artifacts.bin" if compile_cache_dir else None
-    runner = SdxlRunner(choice, memory_budget_bytes, compiling, artifacts, compile_scope)
+    runner = SdxlRunner(select_device(device), memory_budget_bytes, compiling)
     while True:
         try:
             request = conn.recv()
@@ -178,13 +170,11 @@ class SdxlProcessRunner:
         self,
         device: str | None = None,
         memory_budget_bytes: int | None = None,
-        compile_unet: str = "off",
-        compile_cache_dir: str | None = None,
-        compile_scope: CompileScope = "regions",
+        compiling: CompileOptions = EAGER,
     ) -> None:
         self._device = device
         self._memory_budget_bytes = memory_budget_bytes
-        self._compile = (compile_unet, compile_cache_dir, compile_scope)
+        self._compiling = compiling
         self._context = _CHILDREN
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
@@ -213,7 +203,7 @@ class SdxlProcessRunner:
         self._cancel = self._context.Event()
         self._process = self._context.Process(
             target=_child_main,
-            args=(child, self._cancel, self._device, self._memory_budget_bytes, *self._compile),
+            args=(child, self._cancel, self._device, self._memory_budget_bytes, self._compiling),
             name="dreamforge-runner",
             daemon=True,
         )

@@ -32,7 +32,8 @@ from dreamforge import __version__
 from dreamforge.artifacts.receipts import Receipt, encode_png
 from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.jobs import JobSpec, Scheduler
-from dreamforge.runners.compiled import CompiledUnets, CompileScope, Shape, bucket_size
+from dreamforge.runners.compile_options import EAGER, CompileOptions
+from dreamforge.runners.compiled import CompiledModules, Shape, bucket_size
 from dreamforge.runners.device import (
     DeviceChoice,
     allocated_memory,
@@ -114,12 +115,11 @@ class SdxlRunner:
         self,
         device: DeviceChoice,
         memory_budget_bytes: int | None = None,
-        compile_unet: bool = False,
-        compile_artifacts: Path | None = None,
-        compile_scope: CompileScope = "regions",
+        compiling: CompileOptions = EAGER,
     ) -> None:
         self._device = device
-        self.compiled = CompiledUnets(compile_artifacts, compile_scope) if compile_unet else None
+        wanted = compiling.wanted_on(device.device.type)
+        self.compiled = CompiledModules(compiling) if wanted else None
         budget = memory_budget_bytes or default_budget(device)
         self._resident = ResidentPipelines(budget)
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
@@ -388,14 +388,15 @@ class SdxlRunner:
             return self._pipe_call(pipe, spec, batch, send, should_cancel), False
         bucket = min(bucket_size(len(batch)), max(most, len(batch)))
         shape = Shape(spec.width, spec.height, bucket, spec.guidance_scale > 1)
-        eager = pipe.unet
-        with self.compiled.unet_for(model.id, model.sha256, pipe, shape) as (unet, compiled):
+        with self.compiled.modules_for(model.id, model.sha256, pipe, shape) as twins:
+            compiled = bool(twins)
             padded = batch + (batch[-1],) * (bucket - len(batch)) if compiled else batch
-            pipe.unet = unet
+            eager = {name: getattr(pipe, name) for name in twins}
+            pipe.register_modules(**twins)
             try:
                 images = self._pipe_call(pipe, spec, padded, send, should_cancel, len(batch))
             finally:
-                pipe.unet = eager
+                pipe.register_modules(**eager)
         return images[: len(batch)], compiled
 
     def _pipe_call(
