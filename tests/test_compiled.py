@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import io
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.runners.compile_options import CompileOptions, CompileScope
+from dreamforge.runners.compiled import CompiledModules
 from dreamforge.runners.device import select_device
 from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
@@ -111,6 +113,25 @@ def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_pa
     )
     assert compiled is not None and int(compiled[1]) > 0, cold
     assert cached is not None and int(cached[1]) == 0 and int(cached[2]) > 0, warm
+
+
+def test_a_restarted_worker_loads_its_cache_on_the_compile_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not before its first image: loading the artifacts takes about a second here."""
+    loaded: list[tuple[bytes, str]] = []
+
+    def load(data: bytes) -> None:
+        loaded.append((data, threading.current_thread().name))
+
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", load)
+    (tmp_path / "artifacts.bin").write_bytes(b"saved before the restart")
+    compiled = CompiledModules(CompileOptions("on", cache_dir=tmp_path))
+    compiled.wait()
+    compiled.stop()
+    [(data, thread)] = loaded
+    assert data == b"saved before the restart"
+    assert thread.startswith("dreamforge-compile"), thread
 
 
 def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path) -> None:

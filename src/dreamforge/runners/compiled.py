@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,7 +84,13 @@ class CompiledModules:
         self._futures: list[Future[None]] = []
         self._notes: list[str] = []  # what finished since they were last taken
         if self._artifacts is not None and self._artifacts.is_file():
-            torch.compiler.load_cache_artifacts(self._artifacts.read_bytes())
+            # On the compile thread, ahead of any compile: loading them (and importing the
+            # compiler) takes a second or more, which the first image must not wait for.
+            self._futures.append(self._compiler.submit(self._load_artifacts, self._artifacts))
+
+    @staticmethod
+    def _load_artifacts(artifacts: Path) -> None:
+        torch.compiler.load_cache_artifacts(artifacts.read_bytes())
 
     def take_notes(self) -> list[str]:
         with self._lock:
