@@ -5,12 +5,14 @@ render) is checked pixel for pixel against the same weights as a diffusers folde
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -25,7 +27,7 @@ from dreamforge.models.shipped import (
     safetensors_header,
 )
 from dreamforge.models.tiny import build_tiny_sdxl
-from dreamforge.runners.single_file import clip_tokenizer, tokenizers
+from dreamforge.runners.single_file import clip_tokenizer, load_single_file, tokenizers
 from tests.test_models import registry, run, safetensors_with
 from tests.test_pipeline import assert_renders_like
 
@@ -127,3 +129,13 @@ def test_an_inpainting_checkpoint_fits_no_shipped_config(tiny_single_file: Path)
     conv_in["shape"] = [conv_in["shape"][0], 9, *conv_in["shape"][2:]]  # image + mask inputs
     with pytest.raises(NoShippedConfig, match="match no SDXL config"):
         config_for(header)
+
+
+def test_a_single_files_unet_and_vae_go_to_the_device_as_they_are_read(
+    tiny_single_file: Path,
+) -> None:
+    """Asked for the meta device, which holds no data: a weight first copied whole to the
+    CPU would show up there."""
+    pipe = load_single_file(tiny_single_file, torch.float32, torch.device("meta"))
+    placed = itertools.chain(pipe.unet.parameters(), pipe.vae.parameters())
+    assert {weight.device.type for weight in placed} == {"meta"}

@@ -158,7 +158,7 @@ class SdxlRunner:
         _empty_cache(self._device)
         try:
             if model.format == "single_file":
-                pipe = load_single_file(Path(model.path), self._device.dtype)
+                pipe = load_single_file(Path(model.path), self._device.dtype, self._device.device)
             else:
                 pipe = self._from_folder(model)
         except Exception as exc:
@@ -167,7 +167,9 @@ class SdxlRunner:
                 f"model {model.id} could not be loaded ({type(exc).__name__}); run "
                 f"`dreamforge model verify {model.id}`"
             ) from exc
-        if not getattr(pipe, "hf_device_map", None):  # placed as it was read: no .to()
+        if not getattr(pipe, "hf_device_map", None):
+            # What was not placed as it was read (a single file's text encoders, a folder
+            # off CUDA) goes now; what is on the device already stays where it is.
             pipe = pipe.to(self._device.device)
         pipe.set_progress_bar_config(disable=True)
         scheduler_config = pipe.scheduler.config

@@ -62,13 +62,20 @@ def tokenizers(config: ShippedConfig) -> dict[str, CLIPTokenizer]:
     return built
 
 
-def load_single_file(path: Path, dtype: torch.dtype) -> StableDiffusionXLPipeline:
-    """An SDXL pipeline from one original-layout checkpoint, every config from the package."""
+def load_single_file(
+    path: Path, dtype: torch.dtype, device: torch.device | None = None
+) -> StableDiffusionXLPipeline:
+    """An SDXL pipeline from one original-layout checkpoint, every config from the package.
+
+    The UNet's and the VAE's weights (three quarters of SDXL's) go to ``device`` as they
+    are read; diffusers builds the text encoders of a single file on the CPU whatever it
+    is told, so the caller moves them."""
     config = config_for(safetensors_header(path))
     return StableDiffusionXLPipeline.from_single_file(
         str(path),
         config=str(config.folder),
         local_files_only=True,
         dtype=dtype,
+        device=device,
         **tokenizers(config),
     )
