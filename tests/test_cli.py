@@ -73,7 +73,9 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
     # A start, a job and a stop that all went well say nothing alarming.
     assert [line for line in log.splitlines() if "[warning" in line or "[error" in line] == []
     # The default model was loaded before any job asked for it; the log says how long it took.
-    assert re.search(r"runner\.preloaded .*model_id=tiny-sdxl seconds=[\d.]+", log), log
+    preloaded = re.search(r"runner\.preloaded .*model_id=tiny-sdxl seconds=[\d.]+.*", log)
+    assert preloaded, log
+    assert "job_id=" not in preloaded[0]  # heard during the first job, but not its own
 
 
 @pytest.mark.parametrize("command", [["serve"], ["api"], ["api", "--workers", "2"]])

@@ -97,3 +97,15 @@ def bound_job(job_id: str, tenant: str) -> Iterator[None]:
     """Every line logged in this thread meanwhile names the job and its tenant."""
     with structlog.contextvars.bound_contextvars(job_id=job_id, tenant=tenant):
         yield
+
+
+@contextmanager
+def outside_any_job() -> Iterator[None]:
+    """Lines logged in this thread meanwhile name no job, though one is bound: they tell
+    of the service, not of the job at hand."""
+    bound = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.bind_contextvars(**bound)

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from dreamforge.domain.errors import ErrorCode
+from dreamforge.logs import outside_any_job
 from dreamforge.runners.compile_options import EAGER, CompileOptions
 from dreamforge.runners.protocol import (
     DeviceMemory,
@@ -147,15 +148,17 @@ class _Doorbell:
 
 def _log_preloaded(message: RunnerMessage) -> None:
     """A preload's load is no job's: the service's log is where its time is told (heard
-    when the first job comes, which waited for whatever of it was left)."""
+    when the first job comes, which waited for whatever of it was left), without that
+    job's name."""
     if isinstance(message, ModelLoaded):
-        log.info(
-            "runner.preloaded",
-            model_id=message.model_id,
-            seconds=round(message.seconds, 2),
-            device=message.device,
-            dtype=message.dtype,
-        )
+        with outside_any_job():
+            log.info(
+                "runner.preloaded",
+                model_id=message.model_id,
+                seconds=round(message.seconds, 2),
+                device=message.device,
+                dtype=message.dtype,
+            )
 
 
 def _close(*fds: int) -> None:
