@@ -13,7 +13,7 @@ worker does not compile again from scratch.
 Compiling and running modules at the same time is not safe in torch (its tracer patches
 ``Module.__call__`` for every thread while it traces), so a compile and a denoise never
 overlap: a job that arrives while a compile runs waits for it (once per shape: seconds
-by regions or from the cache, minutes for a whole UNet on a cold cache).
+by regions or from the cache, minutes for a whole UNet on a cold cache), and is told so.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import gc
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,6 +83,7 @@ class CompiledModules:
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="dreamforge-compile")
         self._futures: list[Future[None]] = []
         self._notes: list[str] = []  # what finished since they were last taken
+        self._under_way: tuple[str, float] | None = None  # the compile running, since when
         if self._artifacts is not None and self._artifacts.is_file():
             # On the compile thread, ahead of any compile: loading them (and importing the
             # compiler) takes a second or more, which the first image must not wait for.
@@ -102,23 +103,46 @@ class CompiledModules:
         for future in list(self._futures):
             future.result()
 
+    @property
+    def under_way(self) -> str | None:
+        """What the compile that runs now compiles, if one does."""
+        found = self._under_way
+        return found[0] if found else None
+
     @contextmanager
     def modules_for(
-        self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
+        self,
+        model_id: str,
+        sha256: str,
+        pipe: StableDiffusionXLPipeline,
+        shape: Shape,
+        on_wait: Callable[[str], None],
     ) -> Iterator[dict[str, Any]]:
         """The compiled twins by component name (``unet``, ``vae``) if they are warm for
-        ``shape``; else none, and the shape is wanted (``compile_wanted`` starts it)."""
-        with self._lock:
-            twins = self._twins.get(model_id)
-            if twins is None or twins.sha256 != sha256:
-                twins = _Twins(sha256, {}, set(), set())
-                self._twins[model_id] = twins
-            warm = shape in twins.shapes
-            if not warm and shape not in twins.pending:
-                twins.pending.add(shape)
-                self._wanted.append((twins, pipe, shape))
-        with self._running:
+        ``shape``; else none, and the shape is wanted (``compile_wanted`` starts it). While
+        a compile runs, this waits for it, and first tells ``on_wait`` what it waits for."""
+        if not self._running.acquire(blocking=False):
+            under_way = self._under_way
+            if under_way is not None:
+                what, since = under_way
+                on_wait(
+                    f"waiting for the background compile of {what}, under way for "
+                    f"{time.monotonic() - since:.0f}s (once per shape)"
+                )
+            self._running.acquire()
+        try:
+            with self._lock:
+                twins = self._twins.get(model_id)
+                if twins is None or twins.sha256 != sha256:
+                    twins = _Twins(sha256, {}, set(), set())
+                    self._twins[model_id] = twins
+                warm = shape in twins.shapes
+                if not warm and shape not in twins.pending:
+                    twins.pending.add(shape)
+                    self._wanted.append((twins, pipe, shape))
             yield twins.modules if warm else {}
+        finally:
+            self._running.release()
 
     def exclusive(self) -> threading.Lock:
         """Held while other modules run (refine, upscalers): no compile meanwhile."""
@@ -147,33 +171,18 @@ class CompiledModules:
     def _warm_up(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
         started = time.perf_counter()
         before = _graphs()
+        what = "the whole UNet" if self._options.scope == "unet" else "the UNet by regions"
+        if self._options.vae:
+            what += " and the VAE decoder"
         with self._running:
-            if not twins.modules:
-                twins.modules = self._compiled_twins(pipe)
-            # Its own scheduler: the job thread's is in use; the rest only computes.
-            scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-            warm = StableDiffusionXLPipeline(
-                **{**pipe.components, **twins.modules, "scheduler": scheduler}
-            )
-            warm.set_progress_bar_config(disable=True)
-            with torch.inference_mode():
-                warm(
-                    prompt=["warm-up"] * shape.batch,
-                    width=shape.width,
-                    height=shape.height,
-                    num_inference_steps=2,
-                    guidance_scale=5.0 if shape.guided else 1.0,
-                    # The decoder runs only where it is compiled.
-                    output_type="pil" if "vae" in twins.modules else "latent",
-                )
-            # What a compile leaves (graphs, guards, kernels: 160k-235k objects even for
-            # the tiny model) lives as long as the process. Frozen, it is out of the sight
-            # of the full collection that settles each request, which otherwise scans it
-            # all (73 ms a request on a small CPU, the device idle meanwhile). Frozen while
-            # no denoise runs, so that none of a request's objects is frozen with it.
-            del warm, scheduler
-            gc.collect()
-            gc.freeze()
+            self._under_way = (f"{what}, for {shape}", time.monotonic())
+            try:
+                self._compile(twins, pipe, shape)
+            finally:
+                self._under_way = None
+            with self._lock:  # before the lock goes: a job that waited runs compiled
+                twins.shapes.add(shape)
+                twins.pending.discard(shape)
         seconds = time.perf_counter() - started
         if self._artifacts is not None:
             saved = torch.compiler.save_cache_artifacts()
@@ -184,12 +193,41 @@ class CompiledModules:
         if "vae" in twins.modules:
             what += " (and the VAE decoder)"
         with self._lock:
-            twins.shapes.add(shape)
-            twins.pending.discard(shape)
             self._notes.append(
                 f"{what} for {shape} in {seconds:.1f}s in the background "
                 f"({_graphs() - before}); images of that shape use it from now"
             )
+
+    def _compile(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
+        """Compile (and warm up) the twins for ``shape``; the caller holds ``_running``."""
+        if not twins.modules:
+            twins.modules = self._compiled_twins(pipe)
+        # Its own scheduler: the job thread's is in use; the rest only computes.
+        scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        warm = StableDiffusionXLPipeline(
+            **{**pipe.components, **twins.modules, "scheduler": scheduler}
+        )
+        warm.set_progress_bar_config(disable=True)
+        # Called as jobs call it (the pipeline's own no_grad, not inference_mode): graphs
+        # are guarded on the tensors' dispatch keys, and a warm-up under another grad mode
+        # left the first job of the shape to compile again, in its own time.
+        warm(
+            prompt=["warm-up"] * shape.batch,
+            width=shape.width,
+            height=shape.height,
+            num_inference_steps=2,
+            guidance_scale=5.0 if shape.guided else 1.0,
+            # The decoder runs only where it is compiled.
+            output_type="pil" if "vae" in twins.modules else "latent",
+        )
+        # What a compile leaves (graphs, guards, kernels: 160k-235k objects even for the
+        # tiny model) lives as long as the process. Frozen, it is out of the sight of the
+        # full collection that settles each request, which otherwise scans it all (73 ms a
+        # request on a small CPU, the device idle meanwhile). Frozen while no denoise runs,
+        # so that none of a request's objects is frozen with it.
+        del warm, scheduler
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
         self._compiler.shutdown(wait=False, cancel_futures=True)

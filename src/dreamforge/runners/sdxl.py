@@ -390,7 +390,11 @@ class SdxlRunner:
             return self._pipe_call(pipe, spec, batch, send, should_cancel), False
         bucket = min(bucket_size(len(batch)), max(most, len(batch)))
         shape = Shape(spec.width, spec.height, bucket, spec.guidance_scale > 1)
-        with self.compiled.modules_for(model.id, model.sha256, pipe, shape) as twins:
+
+        def waiting(note: str) -> None:
+            send(RunnerNote(note))
+
+        with self.compiled.modules_for(model.id, model.sha256, pipe, shape, waiting) as twins:
             compiled = bool(twins)
             padded = batch + (batch[-1],) * (bucket - len(batch)) if compiled else batch
             eager = {name: getattr(pipe, name) for name in twins}
