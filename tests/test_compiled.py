@@ -126,6 +126,36 @@ def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_pa
     assert cached is not None and int(cached[1]) == 0 and int(cached[2]) > 0, warm
 
 
+def test_a_failed_compile_is_told_and_its_shape_stays_eager(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def give_up(*_: object, **__: object) -> None:
+        raise RuntimeError("the compiler gave up")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", give_up)  # a compiler that fails
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
+    assert runner.compiled is not None
+    request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
+
+    def render() -> list[RunnerMessage]:
+        out: list[RunnerMessage] = []
+        runner.generate(request, out.append, bool)
+        return out
+
+    render()
+    runner.compiled.wait()  # raises nothing: the failure is the job log's to tell
+    told, again = render(), render()
+    assert [m.message for m in told if isinstance(m, RunnerNote)] == [
+        "compiling the UNet by regions for 64x64 x1 (guided) failed (RuntimeError: the "
+        "compiler gave up); images of that shape stay eager"
+    ]
+    assert not [m for m in again if isinstance(m, RunnerNote)]  # not tried again
+    for out in (told, again):
+        image = next(m for m in out if isinstance(m, ItemRendered))
+        assert read_receipt(image.png).compiled is False
+    runner.compiled.stop()
+
+
 def test_a_restarted_worker_loads_its_cache_on_the_compile_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -178,6 +178,13 @@ class CompiledModules:
             self._under_way = (f"{what}, for {shape}", time.monotonic())
             try:
                 self._compile(twins, pipe, shape)
+            except Exception as exc:  # noqa: BLE001 - the shape stays eager, and says why
+                with self._lock:
+                    self._notes.append(
+                        f"compiling {what} for {shape} failed ({type(exc).__name__}: {exc}); "
+                        "images of that shape stay eager"
+                    )
+                return
             finally:
                 self._under_way = None
             with self._lock:  # before the lock goes: a job that waited runs compiled
