@@ -45,6 +45,14 @@ def pixels(png: bytes) -> np.ndarray:  # type: ignore[type-arg]
 SPEC = tiny_spec(steps=3, seed=5, item_seeds=(5,))
 
 
+def render(runner: SdxlRunner, model_dir: Path) -> list[RunnerMessage]:
+    """SPEC's one image through ``runner``: every message it sent."""
+    out: list[RunnerMessage] = []
+    request = RenderRequest(SPEC, tiny_model_ref(model_dir), (ItemToRender(0, 5),))
+    runner.generate(request, out.append, bool)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _unfrozen() -> Iterator[None]:
     """A compile freezes what the process holds (see runners/compiled.py): not the
@@ -66,19 +74,13 @@ def test_the_first_image_is_eager_and_one_asked_during_the_compile_waits_for_it_
     """...and is compiled, with the eager image's pixels."""
     runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on", scope, vae, tmp_path))
     assert runner.compiled is not None
-    request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
 
-    def render() -> list[RunnerMessage]:
-        out: list[RunnerMessage] = []
-        runner.generate(request, out.append, bool)
-        return out
-
-    first = render()  # the compile of its shape starts now, on another thread
+    first = render(runner, tiny_model_dir)  # its shape's compile starts once it is done
     deadline = time.monotonic() + 60
     while runner.compiled.under_way is None:
         assert time.monotonic() < deadline, "the compile never started"
         time.sleep(0.01)
-    second = render()  # seconds at least: it waits for the compile
+    second = render(runner, tiny_model_dir)  # seconds at least: it waits for the compile
     waited = [m.message for m in second if isinstance(m, RunnerNote)]
     told = r"waiting for the background compile of the .+, for 64x64 x1 \(guided\), under way"
     assert len(waited) == 1 and re.match(told, waited[0]), waited
@@ -87,7 +89,7 @@ def test_the_first_image_is_eager_and_one_asked_during_the_compile_waits_for_it_
     # A job that compiled again in its own time (called otherwise than the warm-up was,
     # under another grad mode, say) would have left graphs of its own in its sight.
     assert not [o for o in gc.get_objects() if isinstance(o, torch.fx.GraphModule)]
-    notes = [m.message for m in render() if isinstance(m, RunnerNote)]
+    notes = [m.message for m in render(runner, tiny_model_dir) if isinstance(m, RunnerNote)]
     assert len(notes) == 1 and f"{what} for 64x64 x1 (guided)" in notes[0], notes
     eager, compiled = (
         next(m for m in out if isinstance(m, ItemRendered)) for out in (first, second)
@@ -135,16 +137,10 @@ def test_a_failed_compile_is_told_and_its_shape_stays_eager(
     monkeypatch.setattr(torch.nn.Module, "compile", give_up)  # a compiler that fails
     runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
     assert runner.compiled is not None
-    request = RenderRequest(SPEC, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
 
-    def render() -> list[RunnerMessage]:
-        out: list[RunnerMessage] = []
-        runner.generate(request, out.append, bool)
-        return out
-
-    render()
+    render(runner, tiny_model_dir)
     runner.compiled.wait()  # raises nothing: the failure is the job log's to tell
-    told, again = render(), render()
+    told, again = render(runner, tiny_model_dir), render(runner, tiny_model_dir)
     assert [m.message for m in told if isinstance(m, RunnerNote)] == [
         "compiling the UNet by regions for 64x64 x1 (guided) failed (RuntimeError: the "
         "compiler gave up); images of that shape stay eager"
@@ -182,15 +178,15 @@ def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path)
     spec = tiny_spec(steps=2, count=4, item_seeds=(1, 2, 3, 4))
     model = tiny_model_ref(tiny_model_dir)
 
-    def render(count: int) -> list[ItemRendered]:
+    def images_of(count: int) -> list[ItemRendered]:
         items = tuple(ItemToRender(i, 1 + i) for i in range(count))
         out: list[RunnerMessage] = []
         runner.generate(RenderRequest(spec, model, items, max_batch=4), out.append, bool)
         return [m for m in out if isinstance(m, ItemRendered)]
 
-    eager = render(4)  # compiles the 4-item shape once it is done
+    eager = images_of(4)  # compiles the 4-item shape once it is done
     runner.compiled.wait()
-    three = render(3)
+    three = images_of(3)
     assert [m.item_index for m in three] == [0, 1, 2]
     assert all(read_receipt(m.png).compiled for m in three)
     for got, want in zip(three, eager, strict=False):
