@@ -64,8 +64,8 @@ def _unfrozen() -> Iterator[None]:
 @pytest.mark.parametrize(
     ("scope", "vae", "what"),
     [
-        ("regions", False, "UNet compiled by regions"),
-        ("unet", True, "UNet compiled whole (and the VAE decoder)"),
+        ("regions", False, "compiled the UNet by regions"),
+        ("unet", True, "compiled the whole UNet and the VAE decoder"),
     ],
 )
 def test_the_first_image_is_eager_and_one_asked_during_the_compile_waits_for_it_told_why(
@@ -149,6 +149,24 @@ def test_a_failed_compile_is_told_and_its_shape_stays_eager(
     for out in (told, again):
         image = next(m for m in out if isinstance(m, ItemRendered))
         assert read_receipt(image.png).compiled is False
+    runner.compiled.stop()
+
+
+def test_a_job_that_makes_the_compiled_unet_compile_again_is_told(tiny_model_dir: Path) -> None:
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
+    assert runner.compiled is not None
+    render(runner, tiny_model_dir)
+    runner.compiled.wait()
+    render(runner, tiny_model_dir)  # compiled, and the compile's own note taken
+    with torch.inference_mode():  # not the grad mode the graphs were made for
+        odd = render(runner, tiny_model_dir)
+    notes = [m.message for m in odd if isinstance(m, RunnerNote)]
+    assert len(notes) == 1, notes
+    assert re.fullmatch(
+        r"the UNet by regions compiled again for this job's 64x64 x1 \(guided\) \(\d+ graphs; "
+        r"TORCH_LOGS=recompiles says why\)",
+        notes[0],
+    ), notes
     runner.compiled.stop()
 
 

@@ -84,6 +84,9 @@ class CompiledModules:
         self._futures: list[Future[None]] = []
         self._notes: list[str] = []  # what finished since they were last taken
         self._under_way: tuple[str, float] | None = None  # the compile running, since when
+        self._parts = "the whole UNet" if options.scope == "unet" else "the UNet by regions"
+        if options.vae:
+            self._parts += " and the VAE decoder"
         if self._artifacts is not None and self._artifacts.is_file():
             # On the compile thread, ahead of any compile: loading them (and importing the
             # compiler) takes a second or more, which the first image must not wait for.
@@ -116,16 +119,20 @@ class CompiledModules:
         sha256: str,
         pipe: StableDiffusionXLPipeline,
         shape: Shape,
-        on_wait: Callable[[str], None],
+        tell: Callable[[str], None],
     ) -> Iterator[dict[str, Any]]:
         """The compiled twins by component name (``unet``, ``vae``) if they are warm for
-        ``shape``; else none, and the shape is wanted (``compile_wanted`` starts it). While
-        a compile runs, this waits for it, and first tells ``on_wait`` what it waits for."""
+        ``shape``; else none, and the shape is wanted (``compile_wanted`` starts it).
+
+        ``tell`` hears, for the job's log, what is out of the ordinary: that a compile
+        runs, which this waits for; that the twins compiled again while the job used them
+        (their graphs' guards failed: rare by design, and each such compile costs the job
+        its time)."""
         if not self._running.acquire(blocking=False):
             under_way = self._under_way
             if under_way is not None:
                 what, since = under_way
-                on_wait(
+                tell(
                     f"waiting for the background compile of {what}, under way for "
                     f"{time.monotonic() - since:.0f}s (once per shape)"
                 )
@@ -140,7 +147,14 @@ class CompiledModules:
                 if not warm and shape not in twins.pending:
                     twins.pending.add(shape)
                     self._wanted.append((twins, pipe, shape))
+            before = _dynamo_graphs()
             yield twins.modules if warm else {}
+            again = _dynamo_graphs() - before
+            if warm and again:
+                tell(
+                    f"{self._parts} compiled again for this job's {shape} ({again} "
+                    "graphs; TORCH_LOGS=recompiles says why)"
+                )
         finally:
             self._running.release()
 
@@ -171,18 +185,15 @@ class CompiledModules:
     def _warm_up(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
         started = time.perf_counter()
         before = _graphs()
-        what = "the whole UNet" if self._options.scope == "unet" else "the UNet by regions"
-        if self._options.vae:
-            what += " and the VAE decoder"
         with self._running:
-            self._under_way = (f"{what}, for {shape}", time.monotonic())
+            self._under_way = (f"{self._parts}, for {shape}", time.monotonic())
             try:
                 self._compile(twins, pipe, shape)
             except Exception as exc:  # noqa: BLE001 - the shape stays eager, and says why
                 with self._lock:
                     self._notes.append(
-                        f"compiling {what} for {shape} failed ({type(exc).__name__}: {exc}); "
-                        "images of that shape stay eager"
+                        f"compiling {self._parts} for {shape} failed ({type(exc).__name__}: "
+                        f"{exc}); images of that shape stay eager"
                     )
                 return
             finally:
@@ -196,12 +207,9 @@ class CompiledModules:
             if saved is not None:
                 self._artifacts.parent.mkdir(parents=True, exist_ok=True)
                 self._artifacts.write_bytes(saved[0])
-        what = "UNet compiled " + ("whole" if self._options.scope == "unet" else "by regions")
-        if "vae" in twins.modules:
-            what += " (and the VAE decoder)"
         with self._lock:
             self._notes.append(
-                f"{what} for {shape} in {seconds:.1f}s in the background "
+                f"compiled {self._parts} for {shape} in {seconds:.1f}s in the background "
                 f"({_graphs() - before}); images of that shape use it from now"
             )
 
@@ -252,6 +260,13 @@ class _Graphs:
 
     def __str__(self) -> str:
         return f"{self.compiled} graphs compiled, {self.cached} from the cache"
+
+
+def _dynamo_graphs() -> int:
+    """Graphs dynamo has captured and compiled so far, in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _graphs() -> _Graphs:

@@ -391,10 +391,10 @@ class SdxlRunner:
         bucket = min(bucket_size(len(batch)), max(most, len(batch)))
         shape = Shape(spec.width, spec.height, bucket, spec.guidance_scale > 1)
 
-        def waiting(note: str) -> None:
+        def tell(note: str) -> None:
             send(RunnerNote(note))
 
-        with self.compiled.modules_for(model.id, model.sha256, pipe, shape, waiting) as twins:
+        with self.compiled.modules_for(model.id, model.sha256, pipe, shape, tell) as twins:
             compiled = bool(twins)
             padded = batch + (batch[-1],) * (bucket - len(batch)) if compiled else batch
             eager = {name: getattr(pipe, name) for name in twins}
