@@ -118,7 +118,7 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     render()  # still eager: asks for this shape's compile, which starts when it is done
     runner.compiled.wait()
     render()  # compiled; brings the compile's note
-    found = _NOTE.search(notes[0])
+    found = _NOTE.search(" ".join(notes))  # among any others (a wait, say)
     assert found, notes
     figures |= {"compile_s": float(found[1]), "graphs": int(found[2]), "cached": int(found[3])}
     figures["compiled"] = images_per_s()
