@@ -5,11 +5,13 @@ pixels to within a level; a restarted worker takes its graphs from the cache on 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from dreamforge.runners.process import SdxlProcessRunner
 from dreamforge.runners.protocol import (
     ItemRendered,
     ItemToRender,
+    ModelLoaded,
+    ModelRef,
     RenderRequest,
     RunnerMessage,
     RunnerNote,
@@ -45,11 +49,12 @@ def pixels(png: bytes) -> np.ndarray:  # type: ignore[type-arg]
 SPEC = tiny_spec(steps=3, seed=5, item_seeds=(5,))
 
 
-def render(runner: SdxlRunner, model_dir: Path) -> list[RunnerMessage]:
-    """SPEC's one image through ``runner``: every message it sent."""
+def render(runner: SdxlRunner, model: Path | ModelRef) -> list[RunnerMessage]:
+    """SPEC's one image through ``runner`` with ``model`` (the tiny model in that folder,
+    if a folder): every message it sent."""
+    ref = tiny_model_ref(model) if isinstance(model, Path) else model
     out: list[RunnerMessage] = []
-    request = RenderRequest(SPEC, tiny_model_ref(model_dir), (ItemToRender(0, 5),))
-    runner.generate(request, out.append, bool)
+    runner.generate(RenderRequest(SPEC, ref, (ItemToRender(0, 5),)), out.append, bool)
     return out
 
 
@@ -167,6 +172,34 @@ def test_a_job_that_makes_the_compiled_unet_compile_again_is_told(tiny_model_dir
         r"TORCH_LOGS=recompiles says why\)",
         notes[0],
     ), notes
+    runner.compiled.stop()
+
+
+def test_a_model_unloaded_for_another_takes_its_compiled_twins_with_it(
+    tiny_model_dir: Path,
+) -> None:
+    """The twins hold the model's very weights: kept, they would keep them in memory (on
+    a GPU, device memory that the budget counts as given back)."""
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    size = (tiny_model_dir / weights).stat().st_size
+    first = dataclasses.replace(tiny_model_ref(tiny_model_dir), files=((weights, size),))
+    second = dataclasses.replace(first, id="tiny-again")
+    runner = SdxlRunner(
+        select_device("cpu"), memory_budget_bytes=size, compiling=CompileOptions("on")
+    )
+    assert runner.compiled is not None
+    render(runner, first)
+    runner.compiled.wait()
+    assert "compiled the UNet" in " ".join(
+        m.message for m in render(runner, first) if isinstance(m, RunnerNote)
+    )
+    resident = runner._resident.get(first.id, first.sha256)
+    assert resident is not None
+    weight = weakref.ref(next(resident.pipe.unet.parameters()))
+    del resident
+    loaded = [m for m in render(runner, second) if isinstance(m, ModelLoaded)]
+    assert loaded[0].evicted == (first.id,)
+    assert weight() is None, "the unloaded model's weights are still held"
     runner.compiled.stop()
 
 

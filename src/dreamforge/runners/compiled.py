@@ -23,7 +23,7 @@ import gc
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +91,16 @@ class CompiledModules:
             # On the compile thread, ahead of any compile: loading them (and importing the
             # compiler) takes a second or more, which the first image must not wait for.
             self._futures.append(self._compiler.submit(self._load_artifacts, self._artifacts))
+
+    def forget(self, model_ids: Iterable[str]) -> None:
+        """Let go of the twins of models that were unloaded: they hold the very same
+        weights, which would otherwise stay in (device) memory."""
+        with self._lock:
+            dropped = [self._twins.pop(m) for m in model_ids if m in self._twins]
+            self._wanted = [w for w in self._wanted if w[0] not in dropped]
+        if dropped:
+            del dropped
+            gc.collect()  # compiled modules refer to themselves: refcounts alone keep them
 
     @staticmethod
     def _load_artifacts(artifacts: Path) -> None:
@@ -186,6 +196,8 @@ class CompiledModules:
         started = time.perf_counter()
         before = _graphs()
         with self._running:
+            if all(twins is not t for t in self._twins.values()):
+                return  # its model was unloaded since the compile was asked for
             self._under_way = (f"{self._parts}, for {shape}", time.monotonic())
             try:
                 self._compile(twins, pipe, shape)

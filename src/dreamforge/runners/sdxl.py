@@ -154,6 +154,8 @@ class SdxlRunner:
         check_files(model)
         size = sum(size for _, size in model.files)
         evicted = self._resident.make_room(model.id, size)
+        if self.compiled is not None:
+            self.compiled.forget(evicted)
         self._schedulers = {k: v for k, v in self._schedulers.items() if k[0] in self._resident}
         _empty_cache(self._device)
         try:
