@@ -100,7 +100,12 @@ class CompiledModules:
             self._wanted = [w for w in self._wanted if w[0] not in dropped]
         if dropped:
             del dropped
-            gc.collect()  # compiled modules refer to themselves: refcounts alone keep them
+            # A compiled module refers to itself, so only the collector frees it, and what
+            # a compile made was frozen out of its sight (see _compile): unfrozen for one
+            # full collection, the rare price of unloading a model, then frozen again.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     @staticmethod
     def _load_artifacts(artifacts: Path) -> None:
