@@ -201,7 +201,9 @@ class CompiledModules:
         started = time.perf_counter()
         before = _graphs()
         with self._running:
-            if all(twins is not t for t in self._twins.values()):
+            with self._lock:  # ``forget`` may be changing the twins on the job's thread
+                unloaded = all(twins is not t for t in self._twins.values())
+            if unloaded:
                 return  # its model was unloaded since the compile was asked for
             self._under_way = (f"{self._parts}, for {shape}", time.monotonic())
             try:
