@@ -188,3 +188,16 @@ def print_figures(dry_run: bool, figures: dict[str, float]) -> None:
     print(f"torch: {torch.__version__}")
     for name, value in figures.items():
         print(f"{name}: {value:.2f}")
+
+
+STARTED = time.perf_counter()  # this module is imported as a benchmark starts
+
+
+def elapsed() -> float:
+    """Seconds since the benchmark started."""
+    return time.perf_counter() - STARTED
+
+
+def say(line: str) -> None:
+    """A progress line, stamped with the seconds since the benchmark started."""
+    print(f"[{elapsed():5.0f} s] {line}", flush=True)

@@ -17,11 +17,12 @@ scope compiles a twin of the UNet that shares its weights; shapes are static
 from __future__ import annotations
 
 import sys
-import time
 import traceback
 from typing import Any
 
 import torch
+
+from bench.common import say
 
 DRY = "--dry-run" in sys.argv
 SIZE, STEPS = (64, 2) if DRY else (1024, 30)
@@ -38,11 +39,6 @@ SCOPES: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "unet": (None, {}),
     "unet_cudagraphs": (None, {"mode": "reduce-overhead"}),
 }
-STARTED = time.perf_counter()
-
-
-def say(line: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:5.0f} s] {line}", flush=True)
 
 
 def compiled_twin(unet: Any, classes: tuple[str, ...] | None, options: dict[str, Any]) -> Any:

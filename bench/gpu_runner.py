@@ -38,7 +38,14 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import EmbeddedServer, one_item_request, print_figures, run_job_read
+from bench.common import (
+    EmbeddedServer,
+    elapsed,
+    one_item_request,
+    print_figures,
+    run_job_read,
+    say,
+)
 
 DRY = "--dry-run" in sys.argv
 SCOPE = sys.argv[sys.argv.index("--scope") + 1] if "--scope" in sys.argv else "regions"
@@ -46,16 +53,7 @@ VAE = "--vae" in sys.argv
 LARGE = (64, 2) if DRY else (1024, 30)
 SMALL = (64, 2) if DRY else (512, 8)
 BURST = 16
-STARTED = time.perf_counter()
 _NOTE = re.compile(r"in ([\d.]+)s in the background \((\d+) graphs compiled, (\d+) from the cache")
-
-
-def elapsed() -> float:
-    return time.perf_counter() - STARTED
-
-
-def say(line: str) -> None:
-    print(f"[{elapsed():5.0f} s] {line}", flush=True)
 
 
 # In the pipeline's own process -------------------------------------------------------
