@@ -180,9 +180,9 @@ def test_a_model_unloaded_for_another_takes_its_compiled_twins_with_it(
 ) -> None:
     """The twins hold the model's very weights: kept, they would keep them in memory (on
     a GPU, device memory that the budget counts as given back)."""
-    weights = "unet/diffusion_pytorch_model.safetensors"
-    size = (tiny_model_dir / weights).stat().st_size
-    first = dataclasses.replace(tiny_model_ref(tiny_model_dir), files=((weights, size),))
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    size = (tiny_model_dir / unet_file).stat().st_size
+    first = dataclasses.replace(tiny_model_ref(tiny_model_dir), files=((unet_file, size),))
     second = dataclasses.replace(first, id="tiny-again")
     runner = SdxlRunner(
         select_device("cpu"), memory_budget_bytes=size, compiling=CompileOptions("on")
