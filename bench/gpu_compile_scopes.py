@@ -42,7 +42,7 @@ SCOPES: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
 
 
 def compiled_twin(unet: Any, classes: tuple[str, ...] | None, options: dict[str, Any]) -> Any:
-    from dreamforge.runners.compiled import shared_twin
+    from dreamforge.runners.twins import shared_twin
 
     twin = shared_twin(unet)
     for module in twin.modules() if classes is not None else [twin]:

@@ -53,7 +53,26 @@ VAE = "--vae" in sys.argv
 LARGE = (64, 2) if DRY else (1024, 30)
 SMALL = (64, 2) if DRY else (512, 8)
 BURST = 16
-_NOTE = re.compile(r"in ([\d.]+)s in the background \((\d+) graphs compiled, (\d+) from the cache")
+# How long a phase goes on for its shapes to run compiled (jobs run eager meanwhile).
+COMPILE_WAIT_S = 120 if DRY else 300
+# The compile's note: its seconds in all, and the graphs of its last part (the one in the
+# runner's process, which jobs wait for; the helper process's part, if any, came first).
+_NOTE = re.compile(
+    r"compiled .+? for \S+ x\d+(?: \(guided\))? in ([\d.]+)s.*"
+    r"\((\d+) graphs compiled, (\d+) from the cache\); images"
+)
+_HERE = re.compile(r"then here in ([\d.]+)s")  # after a helper process's compile
+
+
+def compile_figures(note: re.Match[str]) -> dict[str, float]:
+    """Seconds to compile in all, the seconds jobs waited for it, and its last part's graphs."""
+    here = _HERE.search(note[0])
+    return {
+        "compile_s": float(note[1]),
+        "compile_wait_s": float(here[1]) if here else float(note[1]),
+        "graphs": int(note[2]),
+        "cached": int(note[3]),
+    }
 
 
 # In the pipeline's own process -------------------------------------------------------
@@ -118,7 +137,7 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
     render()  # compiled; brings the compile's note
     found = _NOTE.search(" ".join(notes))  # among any others (a wait, say)
     assert found, notes
-    figures |= {"compile_s": float(found[1]), "graphs": int(found[2]), "cached": int(found[3])}
+    figures |= compile_figures(found)
     figures["compiled"] = images_per_s()
     figures |= differences(eager_png, pngs[-1])  # the same seed, eager and compiled
     layout(torch.channels_last)
@@ -170,6 +189,11 @@ def serving(data: Path, env: dict[str, str], log: Path) -> Iterator[tuple[httpx.
         raise
 
 
+def over(budget: float | None) -> bool:
+    """Whether the run's time budget is spent."""
+    return budget is not None and elapsed() > budget
+
+
 def compiled(png: bytes) -> bool:
     from dreamforge.artifacts.receipts import read_receipt
 
@@ -192,16 +216,21 @@ def burst_figures(
             done = list(pool.map(lambda seed: run_job_read(client, seed, spec), range(BURST)))
             return time.perf_counter() - started, sum(compiled(png) for _, png in done)
 
-        for _ in range(6):  # the shapes' first batches run eager while they compile
+        # The shapes' first batches run eager while a helper process compiles them.
+        until = time.perf_counter() + COMPILE_WAIT_S
+        while True:
             seconds, warm = burst()
             say(f"burst of {BURST}: {seconds:.2f} s, {warm} images compiled")
-            if warm == BURST or (budget is not None and elapsed() > budget):
+            if warm == BURST or time.perf_counter() > until or over(budget):
                 break
         seconds, warm = burst()
         say(f"burst of {BURST}: {seconds:.2f} s, {warm} images compiled")
         figures |= {"burst": bare_per_image * BURST / seconds, "burst_compiled": warm / BURST}
-    for seed in range(4):  # until one at a time runs compiled
-        if compiled(run_job_read(client, seed, spec)[1]):
+    until = time.perf_counter() + COMPILE_WAIT_S
+    seed = 0
+    while not compiled(run_job_read(client, seed, spec)[1]):  # until one at a time is
+        seed += 1
+        if time.perf_counter() > until or over(budget):
             break
     started, count, warm = time.perf_counter(), 4, 0
     for seed in range(count):
@@ -223,13 +252,17 @@ def first_image_figures(client: httpx.Client, started: float) -> dict[str, float
     for line in client.get(job["links"]["logs"]).raise_for_status().text.splitlines():
         entry = json.loads(line)
         print(f"    {entry['ts']} {entry['message']}", flush=True)
-    for seed in range(2, 8):
+    until = time.perf_counter() + COMPILE_WAIT_S
+    seed = 2
+    while time.perf_counter() < until:
         job, _ = run_job_read(client, seed, spec)
         log = client.get(job["links"]["logs"]).raise_for_status().text
         found = _NOTE.search(log)
         if found:
             say(f"compile with the warm cache: {found[0]}")
-            return figures | {"compile_warm": float(found[1]), "warm_graphs": int(found[2])}
+            warm = compile_figures(found)
+            return figures | {"compile_warm": warm["compile_s"], "warm_graphs": warm["graphs"]}
+        seed += 1
     return figures
 
 
@@ -238,7 +271,7 @@ def first_image_figures(client: httpx.Client, started: float) -> dict[str, float
 
 def phase(name: str, budget: float | None, run: Callable[[], None]) -> None:
     """Runs ``run`` unless the budget is spent; a failure is printed, not raised."""
-    if budget is not None and elapsed() > budget:
+    if over(budget):
         say(f"{name}: skipped, past the {budget:.0f} s budget")
         return
     say(f"{name}: starting")
@@ -292,6 +325,7 @@ def main() -> None:
                 found["compiled_channels_last"] / found["compiled"]
             )
             figures[f"compile_cold_s{name}"] = found["compile_s"]
+            figures[f"compile_cold_wait_s{name}"] = found["compile_wait_s"]
             figures[f"compiled_max_levels_apart{name}"] = found["max_levels_apart"]
             figures[f"compiled_mean_levels_apart{name}"] = found["mean_levels_apart"]
 

@@ -14,12 +14,15 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from dreamforge.artifacts.receipts import read_receipt
+from dreamforge.runners import compiled
+from dreamforge.runners.compile_helper import HelperJob, helper_job
 from dreamforge.runners.compile_options import CompileOptions, CompileScope
 from dreamforge.runners.compiled import CompiledModules
 from dreamforge.runners.device import select_device
@@ -66,44 +69,104 @@ def _unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
+def compiled_and_eager(first: list[RunnerMessage], then: list[RunnerMessage]) -> None:
+    """``first`` made its image eagerly, ``then`` compiled, within a level of each other."""
+    before, after = (next(m for m in out if isinstance(m, ItemRendered)) for out in (first, then))
+    assert read_receipt(before.png).compiled is False
+    assert read_receipt(after.png).compiled is True
+    # Measured here: the same seed, eager and compiled, differ by at most a level.
+    assert np.abs(pixels(before.png) - pixels(after.png)).max() <= 2
+
+
+def under_way(runner: SdxlRunner) -> str:
+    """What the compile that the last request asked for compiles, once it has started."""
+    assert runner.compiled is not None
+    deadline = time.monotonic() + 60
+    while (what := runner.compiled.under_way) is None:
+        assert time.monotonic() < deadline, "the compile never started"
+        time.sleep(0.01)
+    return what
+
+
 @pytest.mark.parametrize(
     ("scope", "vae", "what"),
-    [
-        ("regions", False, "compiled the UNet by regions"),
-        ("unet", True, "compiled the whole UNet and the VAE decoder"),
-    ],
+    # The UNet by regions, the default, goes through the helper in the restart test.
+    [("unet", True, "the whole UNet and the VAE decoder")],
 )
-def test_the_first_image_is_eager_and_one_asked_during_the_compile_waits_for_it_told_why(
-    tiny_model_dir: Path, tmp_path: Path, scope: CompileScope, vae: bool, what: str
+def test_images_asked_while_a_helper_process_compiles_run_eager_then_compiled_from_its_cache(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scope: CompileScope,
+    vae: bool,
+    what: str,
 ) -> None:
-    """...and is compiled, with the eager image's pixels."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold one
     runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on", scope, vae, tmp_path))
     assert runner.compiled is not None
 
-    first = render(runner, tiny_model_dir)  # its shape's compile starts once it is done
-    deadline = time.monotonic() + 60
-    while runner.compiled.under_way is None:
-        assert time.monotonic() < deadline, "the compile never started"
-        time.sleep(0.01)
-    second = render(runner, tiny_model_dir)  # seconds at least: it waits for the compile
-    waited = [m.message for m in second if isinstance(m, RunnerNote)]
-    told = r"waiting for the background compile of the .+, for 64x64 x1 \(guided\), under way"
-    assert len(waited) == 1 and re.match(told, waited[0]), waited
+    render(runner, tiny_model_dir)  # its shape's compile starts once it is done
+    assert under_way(runner).endswith("in a helper process")
+    during = render(runner, tiny_model_dir)
+    # It did not wait: the helper compiles still (for seconds), and nobody was told to wait.
+    assert (runner.compiled.under_way or "").endswith("in a helper process")
+    assert not [m for m in during if isinstance(m, RunnerNote)]
     runner.compiled.wait()
     # What the compile made is frozen: the collection that settles each request skips it.
     # A job that compiled again in its own time (called otherwise than the warm-up was,
     # under another grad mode, say) would have left graphs of its own in its sight.
     assert not [o for o in gc.get_objects() if isinstance(o, torch.fx.GraphModule)]
-    notes = [m.message for m in render(runner, tiny_model_dir) if isinstance(m, RunnerNote)]
-    assert len(notes) == 1 and f"{what} for 64x64 x1 (guided)" in notes[0], notes
-    eager, compiled = (
-        next(m for m in out if isinstance(m, ItemRendered)) for out in (first, second)
+    then = render(runner, tiny_model_dir)
+    notes = [m.message for m in then if isinstance(m, RunnerNote)]
+    told = re.fullmatch(
+        rf"compiled {what} for 64x64 x1 \(guided\) in [\d.]+s: in a helper process in [\d.]+s "
+        r"\((\d+) graphs compiled, 0 from the cache\) while images ran eager, then here in "
+        r"[\d.]+s \((\d+) graphs compiled, (\d+) from the cache\); images of that shape use "
+        "it now",
+        notes[0] if len(notes) == 1 else str(notes),
     )
-    assert read_receipt(eager.png).compiled is False
-    assert read_receipt(compiled.png).compiled is True
-    # Measured here: the same seed, eager and compiled, differ by at most a level.
-    assert np.abs(pixels(eager.png) - pixels(compiled.png)).max() <= 2
+    assert told is not None, notes
+    # The compile here took every graph from the helper's: none compiled twice.
+    assert int(told[1]) > 0 and int(told[2]) == 0 and int(told[3]) == int(told[1]), notes
+    compiled_and_eager(during, then)
     assert (tmp_path / "artifacts.bin").is_file()
+    runner.compiled.stop()
+
+
+def test_when_the_helper_fails_the_compile_runs_here_and_an_image_asked_meanwhile_waits(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """...both told, and the image is then compiled."""
+
+    def torn(*args: Any) -> HelperJob:  # the helper cannot read its job, and exits
+        return dataclasses.replace(helper_job(*args), modules=b"torn")
+
+    monkeypatch.setattr(compiled, "helper_job", torn)
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on", cache_dir=tmp_path))
+    assert runner.compiled is not None
+
+    first = render(runner, tiny_model_dir)
+    deadline = time.monotonic() + 60
+    while (runner.compiled.under_way or "").endswith("in a helper process") or not (
+        runner.compiled.under_way
+    ):
+        assert time.monotonic() < deadline, "the compile here never started"
+        time.sleep(0.01)
+    second = render(runner, tiny_model_dir)  # seconds at least: it waits for the compile
+    notes = [m.message for m in second if isinstance(m, RunnerNote)]
+    assert len(notes) == 2, notes
+    assert re.fullmatch(
+        r"compiling the UNet by regions for 64x64 x1 \(guided\) in a helper process failed "
+        r"\(HelperFailed: exit code 1: \w+Error: .+\); compiling here, images of that shape "
+        "wait for it",
+        notes[0],
+    ), notes
+    told = r"waiting for the background compile of the .+, for 64x64 x1 \(guided\), under way"
+    assert re.match(told, notes[1]), notes
+    runner.compiled.wait()
+    notes = [m.message for m in render(runner, tiny_model_dir) if isinstance(m, RunnerNote)]
+    assert len(notes) == 1 and "in the background (" in notes[0], notes
+    compiled_and_eager(first, second)
     runner.compiled.stop()
 
 
@@ -114,23 +177,27 @@ def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_pa
         notes: list[str] = []
 
         def keep(message: RunnerMessage) -> None:
-            if isinstance(message, RunnerNote) and "in the background" in message.message:
+            if isinstance(message, RunnerNote) and message.message.startswith("compiled "):
                 notes.append(message.message)
 
         try:
             runner.render(request, keep, lambda: Tick.CONTINUE)  # starts the compile
             while not notes:  # the note comes with a later request, once compiled
+                time.sleep(0.5)  # not every moment: the compile needs the CPU too
                 runner.render(request, keep, lambda: Tick.CONTINUE)
         finally:
             runner.stop()
         return notes
 
     cold, warm = a_worker_life(), a_worker_life()
-    compiled, cached = (
-        re.search(r"\((\d+) graphs compiled, (\d+) from", n[0]) for n in (cold, warm)
+    # (compiled, from the cache): the first life's in its helper process, then in its own;
+    # the second life's in its own only, the cache listing the shape as compiled before.
+    graphs = re.compile(r"\((\d+) graphs compiled, (\d+) from the cache\)")
+    (helper, here), (again,) = (
+        [(int(c), int(k)) for c, k in graphs.findall(n[0])] for n in (cold, warm)
     )
-    assert compiled is not None and int(compiled[1]) > 0, cold
-    assert cached is not None and int(cached[1]) == 0 and int(cached[2]) > 0, warm
+    assert helper[0] > 0 and here == (0, helper[0]), cold
+    assert again == (0, helper[0]) and "in the background" in warm[0], warm
 
 
 def test_a_failed_compile_is_told_and_its_shape_stays_eager(

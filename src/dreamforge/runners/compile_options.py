@@ -30,6 +30,11 @@ class CompileOptions:
         return self.cache_dir / "artifacts.bin" if self.cache_dir else None
 
     @property
+    def compiled_list(self) -> Path | None:
+        """What the cache holds graphs for: one line an architecture, parts and shape."""
+        return self.cache_dir / "compiled.txt" if self.cache_dir else None
+
+    @property
     def inductor_cache(self) -> Path | None:
         return self.cache_dir / "inductor" if self.cache_dir else None
 

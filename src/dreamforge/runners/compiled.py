@@ -1,26 +1,28 @@
-"""UNets (and optionally VAE decoders) compiled in the background, so that the first
-image of a shape never waits for the compiler: the UNet by regions (diffusers'
-``compile_repeated_blocks``: one transformer block compiled and reused; seconds) or whole
-(one graph; minutes, fewer kernel launches).
+"""UNets (and optionally VAE decoders) compiled in the background, so that images never
+wait for the compiler: the UNet by regions (diffusers' ``compile_repeated_blocks``: one
+transformer block compiled and reused; seconds) or whole (one graph; minutes, fewer
+kernel launches).
 
 A job of a shape with no compiled graph yet is denoised eagerly; once its request is
-done, a thread compiles and warms twins of the model's UNet (and VAE) for that shape: a
-twin shares its module's weights (no second copy on the device) and has its own compiled
-parts. From then on, jobs of that shape use the twins. Compiled artifacts go to a cache
-on disk (inductor's, and ``torch.compiler.save_cache_artifacts``), so that a restarted
-worker does not compile again from scratch.
+done, the compile thread has compiled twins of the model's UNet (and VAE) made for that
+shape (``runners/twins.py``). From then on, jobs of that shape use the twins. Compiled
+artifacts go to a cache on disk (inductor's, and ``torch.compiler.save_cache_artifacts``),
+so that a restarted worker does not compile again from scratch.
 
 Compiling and running modules at the same time is not safe in torch (its tracer patches
-``Module.__call__`` for every thread while it traces), so a compile and a denoise never
-overlap: a job that arrives while a compile runs waits for it (once per shape: seconds
-by regions or from the cache, minutes for a whole UNet on a cold cache), and is told so.
+``Module.__call__`` for every thread while it traces), so a compile here and a denoise
+never overlap. With a cache on disk, the cold compile runs in a helper process
+(``runners/compile_helper.py``) while jobs run eagerly, and what is left here is a compile
+from the cache: jobs that arrive meanwhile wait for that only (a tenth of the time, or
+less), and are told so. Without a cache, or without room on the device for the helper's
+copy of the weights, the whole compile runs here and they wait for all of it.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
-import itertools
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,22 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline
 
+from dreamforge.runners.compile_helper import CompileHelper, helper_job, weight_bytes
 from dreamforge.runners.compile_options import CompileOptions
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What a compiled graph is specialised to: a change of any of these recompiles."""
-
-    width: int
-    height: int
-    batch: int
-    guided: bool  # classifier-free guidance doubles the UNet's batch
-
-    def __str__(self) -> str:
-        return f"{self.width}x{self.height} x{self.batch}{' (guided)' if self.guided else ''}"
+from dreamforge.runners.twins import (
+    Graphs,
+    PromptShape,
+    Shape,
+    compiled_twins,
+    graphs_so_far,
+    warm_up,
+)
 
 
 @dataclass
@@ -64,17 +62,15 @@ def bucket_size(items: int) -> int:
     return 1 << max(items - 1, 0).bit_length()
 
 
-def shared_twin(module: torch.nn.Module) -> Any:
-    """A copy of ``module``'s modules holding the very same weight tensors."""
-    memo: dict[int, Any] = {
-        id(t): t for t in itertools.chain(module.parameters(), module.buffers())
-    }
-    return copy.deepcopy(module, memo)
-
-
 class CompiledModules:
-    def __init__(self, options: CompileOptions) -> None:
+    def __init__(
+        self, options: CompileOptions, free_bytes: Callable[[], int | None] = lambda: None
+    ) -> None:
+        """``free_bytes``: the device memory a helper process could take now, for its copy
+        of the weights (``None``: the device cannot tell; on the CPU, the host's)."""
         self._options = options
+        self._free_bytes = free_bytes
+        self._helper: CompileHelper | None = None
         self._artifacts = options.artifacts
         self._twins: dict[str, _Twins] = {}
         self._lock = threading.Lock()  # guards the bookkeeping
@@ -185,35 +181,26 @@ class CompiledModules:
             for twins, pipe, shape in wanted:
                 self._futures.append(self._compiler.submit(self._warm_up, twins, pipe, shape))
 
-    def _compiled_twins(self, pipe: StableDiffusionXLPipeline) -> dict[str, Any]:
-        unet = shared_twin(pipe.unet)
-        if self._options.scope == "unet":
-            unet.compile(fullgraph=True)
-        else:
-            unet.compile_repeated_blocks(fullgraph=True)
-        if not self._options.vae:
-            return {"unet": unet}
-        vae = shared_twin(pipe.vae)
-        vae.decoder.compile(fullgraph=True)
-        return {"unet": unet, "vae": vae}
-
     def _warm_up(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
+        if self._unloaded(twins):
+            return  # its model was unloaded since the compile was asked for
+        listed = self._listing(pipe, shape)
+        # A shape the cache holds (an earlier life of this worker compiled it) compiles
+        # here in seconds: a helper process would only add its start to that.
+        elsewhere = None if self._cached(listed) else self._compile_elsewhere(pipe, shape)
         started = time.perf_counter()
-        before = _graphs()
+        before = graphs_so_far()
         with self._running:
-            with self._lock:  # ``forget`` may be changing the twins on the job's thread
-                unloaded = all(twins is not t for t in self._twins.values())
-            if unloaded:
-                return  # its model was unloaded since the compile was asked for
+            if self._unloaded(twins):
+                return
             self._under_way = (f"{self._parts}, for {shape}", time.monotonic())
             try:
                 self._compile(twins, pipe, shape)
             except Exception as exc:  # noqa: BLE001 - the shape stays eager, and says why
-                with self._lock:
-                    self._notes.append(
-                        f"compiling {self._parts} for {shape} failed ({type(exc).__name__}: "
-                        f"{exc}); images of that shape stay eager"
-                    )
+                self._note(
+                    f"compiling {self._parts} for {shape} failed ({type(exc).__name__}: "
+                    f"{exc}); images of that shape stay eager"
+                )
                 return
             finally:
                 self._under_way = None
@@ -226,59 +213,102 @@ class CompiledModules:
             if saved is not None:
                 self._artifacts.parent.mkdir(parents=True, exist_ok=True)
                 self._artifacts.write_bytes(saved[0])
-        with self._lock:
-            self._notes.append(
-                f"compiled {self._parts} for {shape} in {seconds:.1f}s in the background "
-                f"({_graphs() - before}); images of that shape use it from now"
+                self._list(listed)
+        here = graphs_so_far() - before
+        if elsewhere is None:
+            how = f"in {seconds:.1f}s in the background ({here})"
+        else:
+            helper_s, helper_graphs = elsewhere
+            how = (
+                f"in {helper_s + seconds:.1f}s: in a helper process in {helper_s:.1f}s "
+                f"({helper_graphs}) while images ran eager, then here in {seconds:.1f}s ({here})"
             )
+        self._note(f"compiled {self._parts} for {shape} {how}; images of that shape use it now")
+
+    def _listing(self, pipe: StableDiffusionXLPipeline, shape: Shape) -> str:
+        """The line of ``options.compiled_list`` that says the cache holds this compile.
+        Graphs depend on the modules' architecture, not on their weights: any model of
+        the same architecture shares them."""
+        unet, vae = pipe.unet, pipe.vae
+        configs = json.dumps([unet.config, vae.config], sort_keys=True, default=str)
+        architecture = hashlib.sha256(configs.encode()).hexdigest()[:16]
+        return (
+            f"torch {torch.__version__}, {unet.device.type}, {unet.dtype}, architecture "
+            f"{architecture}: {self._parts} for {shape}"
+        )
+
+    def _cached(self, listing: str) -> bool:
+        listed = self._options.compiled_list
+        return listed is not None and listed.is_file() and listing in _lines(listed)
+
+    def _list(self, listing: str) -> None:
+        listed = self._options.compiled_list
+        if listed is None or self._cached(listing):
+            return
+        lines = [*(_lines(listed) if listed.is_file() else []), listing]
+        partial = listed.with_suffix(".partial")
+        partial.write_text("\n".join(lines) + "\n")
+        partial.replace(listed)  # whole or not at all: a torn list would hide every line
+
+    def _unloaded(self, twins: _Twins) -> bool:
+        with self._lock:  # ``forget`` may be changing the twins on the job's thread
+            return all(twins is not t for t in self._twins.values())
+
+    def _note(self, note: str) -> None:
+        with self._lock:
+            self._notes.append(note)
+
+    def _compile_elsewhere(
+        self, pipe: StableDiffusionXLPipeline, shape: Shape
+    ) -> tuple[float, Graphs] | None:
+        """Compile for ``shape`` in a helper process, into the cache on disk that the
+        compile here then reads; its seconds and graphs, or ``None`` if it did not (no
+        cache to share, no room on the device for its copy of the weights, or it failed)."""
+        if self._options.cache_dir is None:
+            return None
+        # The copy of the weights, and as much again for the warm-up's activations.
+        free = self._free_bytes()
+        if free is not None and free < 2 * weight_bytes(pipe):
+            return None
+        started = time.perf_counter()
+        self._under_way = (f"{self._parts}, for {shape}, in a helper process", time.monotonic())
+        try:
+            self._helper = CompileHelper(helper_job(pipe, self._options, shape))
+            graphs = self._helper.result()
+        except Exception as exc:  # noqa: BLE001 - compiled here instead, and said
+            self._note(
+                f"compiling {self._parts} for {shape} in a helper process failed "
+                f"({type(exc).__name__}: {exc}); compiling here, images of that shape "
+                "wait for it"
+            )
+            return None
+        finally:
+            self._helper = None
+            self._under_way = None
+        return time.perf_counter() - started, graphs
 
     def _compile(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
         """Compile (and warm up) the twins for ``shape``; the caller holds ``_running``."""
         if not twins.modules:
-            twins.modules = self._compiled_twins(pipe)
-        # Its own scheduler: the job thread's is in use; the rest only computes.
-        scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        warm = StableDiffusionXLPipeline(
-            **{**pipe.components, **twins.modules, "scheduler": scheduler}
-        )
-        warm.set_progress_bar_config(disable=True)
-        # Called as jobs call it (the pipeline's own no_grad, not inference_mode): graphs
-        # are guarded on the tensors' dispatch keys, and a warm-up under another grad mode
-        # left the first job of the shape to compile again, in its own time.
-        warm(
-            prompt=["warm-up"] * shape.batch,
-            width=shape.width,
-            height=shape.height,
-            num_inference_steps=2,
-            guidance_scale=5.0 if shape.guided else 1.0,
-            # The decoder runs only where it is compiled.
-            output_type="pil" if "vae" in twins.modules else "latent",
-        )
+            twins.modules = compiled_twins(pipe, self._options)
+        warm_up(pipe, twins.modules, shape, PromptShape.of(pipe))
         # What a compile leaves (graphs, guards, kernels: 160k-235k objects even for the
         # tiny model) lives as long as the process. Frozen, it is out of the sight of the
         # full collection that settles each request, which otherwise scans it all (73 ms a
         # request on a small CPU, the device idle meanwhile). Frozen while no denoise runs,
         # so that none of a request's objects is frozen with it.
-        del warm, scheduler
         gc.collect()
         gc.freeze()
 
     def stop(self) -> None:
         self._compiler.shutdown(wait=False, cancel_futures=True)
+        helper = self._helper
+        if helper is not None:
+            helper.kill()
 
 
-@dataclass(frozen=True)
-class _Graphs:
-    """Graphs inductor compiled, and took from its on-disk cache instead, so far."""
-
-    compiled: int
-    cached: int
-
-    def __sub__(self, other: _Graphs) -> _Graphs:
-        return _Graphs(self.compiled - other.compiled, self.cached - other.cached)
-
-    def __str__(self) -> str:
-        return f"{self.compiled} graphs compiled, {self.cached} from the cache"
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
 
 
 def _dynamo_graphs() -> int:
@@ -286,10 +316,3 @@ def _dynamo_graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
-
-
-def _graphs() -> _Graphs:
-    from torch._dynamo.utils import counters
-
-    found = counters["inductor"]
-    return _Graphs(int(found["fxgraph_cache_miss"]), int(found["fxgraph_cache_hit"]))

@@ -119,6 +119,14 @@ def free_memory(choice: DeviceChoice) -> tuple[int | None, int | None]:
     return int(free + cached), int(total)
 
 
+def free_to_other_processes(choice: DeviceChoice) -> int | None:
+    """Device memory that another process could take now (not this one's cached blocks);
+    ``None`` where the device cannot tell."""
+    if choice.device.type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(choice.device)[0])
+
+
 def default_budget(choice: DeviceChoice) -> int:
     """Memory for resident pipelines when none is configured: 70% of a GPU, a quarter of
     the machine's memory on a CPU."""

@@ -33,7 +33,7 @@ from dreamforge.artifacts.receipts import Receipt, encode_png
 from dreamforge.domain.chains import RefineStep, UpscaleStep, refine_denoising_steps
 from dreamforge.domain.jobs import JobSpec, Scheduler
 from dreamforge.runners.compile_options import EAGER, CompileOptions
-from dreamforge.runners.compiled import CompiledModules, Shape, bucket_size
+from dreamforge.runners.compiled import CompiledModules, bucket_size
 from dreamforge.runners.device import (
     DeviceChoice,
     allocated_memory,
@@ -41,6 +41,7 @@ from dreamforge.runners.device import (
     default_budget,
     fit_batch,
     free_memory,
+    free_to_other_processes,
     memory_report,
     settle,
 )
@@ -58,6 +59,7 @@ from dreamforge.runners.protocol import (
 )
 from dreamforge.runners.resident import Resident, ResidentPipelines
 from dreamforge.runners.single_file import load_single_file
+from dreamforge.runners.twins import Shape
 from dreamforge.runners.upscale import Upscalers, upscale_tiled
 
 SCHEDULERS: dict[Scheduler, Any] = {
@@ -119,7 +121,9 @@ class SdxlRunner:
     ) -> None:
         self._device = device
         wanted = compiling.wanted_on(device.device.type)
-        self.compiled = CompiledModules(compiling) if wanted else None
+        self.compiled = (
+            CompiledModules(compiling, lambda: free_to_other_processes(device)) if wanted else None
+        )
         budget = memory_budget_bytes or default_budget(device)
         self._resident = ResidentPipelines(budget)
         self._schedulers: dict[tuple[str, Scheduler], Any] = {}
