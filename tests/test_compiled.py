@@ -242,32 +242,61 @@ def test_a_job_that_makes_the_compiled_unet_compile_again_is_told(tiny_model_dir
     runner.compiled.stop()
 
 
+def one_at_a_time(
+    tiny_model_dir: Path, compiling: CompileOptions
+) -> tuple[SdxlRunner, ModelRef, ModelRef]:
+    """A runner, and two models of which its memory budget holds one at a time."""
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    size = (tiny_model_dir / unet_file).stat().st_size
+    first = dataclasses.replace(tiny_model_ref(tiny_model_dir), files=((unet_file, size),))
+    second = dataclasses.replace(first, id="tiny-again")
+    runner = SdxlRunner(select_device("cpu"), memory_budget_bytes=size, compiling=compiling)
+    return runner, first, second
+
+
+def unet_weights(runner: SdxlRunner, model: ModelRef) -> list[weakref.ref[torch.Tensor]]:
+    resident = runner._resident.get(model.id, model.sha256)
+    assert resident is not None
+    return [weakref.ref(weight) for weight in resident.pipe.unet.parameters()]
+
+
+def assert_let_go(weights: list[weakref.ref[torch.Tensor]]) -> None:
+    held = [weight() for weight in weights if weight() is not None]
+    assert not held, f"{len(held)} of the unloaded model's {len(weights)} weights are still held"
+
+
 def test_a_model_unloaded_for_another_takes_its_compiled_twins_with_it(
     tiny_model_dir: Path,
 ) -> None:
     """The twins hold the model's very weights: kept, they would keep them in memory (on
     a GPU, device memory that the budget counts as given back)."""
-    unet_file = "unet/diffusion_pytorch_model.safetensors"
-    size = (tiny_model_dir / unet_file).stat().st_size
-    first = dataclasses.replace(tiny_model_ref(tiny_model_dir), files=((unet_file, size),))
-    second = dataclasses.replace(first, id="tiny-again")
-    runner = SdxlRunner(
-        select_device("cpu"), memory_budget_bytes=size, compiling=CompileOptions("on")
-    )
+    runner, first, second = one_at_a_time(tiny_model_dir, CompileOptions("on"))
     assert runner.compiled is not None
     render(runner, first)
     runner.compiled.wait()
     assert "compiled the UNet" in " ".join(
         m.message for m in render(runner, first) if isinstance(m, RunnerNote)
     )
-    resident = runner._resident.get(first.id, first.sha256)
-    assert resident is not None
-    weights = [weakref.ref(weight) for weight in resident.pipe.unet.parameters()]
-    del resident
+    weights = unet_weights(runner, first)
     loaded = [m for m in render(runner, second) if isinstance(m, ModelLoaded)]
     assert loaded[0].evicted == (first.id,)
-    held = [weight() for weight in weights if weight() is not None]
-    assert not held, f"{len(held)} of the unloaded model's {len(weights)} weights are still held"
+    assert_let_go(weights)
+    runner.compiled.stop()
+
+
+def test_a_model_unloaded_while_a_helper_compiles_for_it_is_let_go_at_once(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """...not when the compile ends (minutes, for a whole UNet on a GPU)."""
+    runner, first, second = one_at_a_time(tiny_model_dir, CompileOptions("on", cache_dir=tmp_path))
+    assert runner.compiled is not None
+    render(runner, first)
+    assert under_way(runner).endswith("in a helper process")
+    weights = unet_weights(runner, first)
+    loaded = [m for m in render(runner, second) if isinstance(m, ModelLoaded)]
+    assert loaded[0].evicted == (first.id,)
+    assert (runner.compiled.under_way or "").endswith("in a helper process")  # still at it
+    assert_let_go(weights)
     runner.compiled.stop()
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from dreamforge.runners.compile_helper import CompileHelper, helper_job, weight_bytes
+from dreamforge.runners.compile_helper import CompileHelper, HelperJob, helper_job, weight_bytes
 from dreamforge.runners.compile_options import CompileOptions
 from dreamforge.runners.twins import (
     Graphs,
@@ -179,19 +180,33 @@ class CompiledModules:
         with self._lock:
             wanted, self._wanted = self._wanted, []
             for twins, pipe, shape in wanted:
-                self._futures.append(self._compiler.submit(self._warm_up, twins, pipe, shape))
+                # Held weakly: a model unloaded meanwhile goes at once, and its weights with
+                # it, rather than when its compile ends (minutes, for a whole UNet).
+                work = self._compiler.submit(
+                    self._warm_up, weakref.ref(twins), weakref.ref(pipe), shape
+                )
+                self._futures.append(work)
 
-    def _warm_up(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
-        if self._unloaded(twins):
+    def _warm_up(
+        self,
+        twins_ref: weakref.ref[_Twins],
+        pipe_ref: weakref.ref[StableDiffusionXLPipeline],
+        shape: Shape,
+    ) -> None:
+        pipe = self._still_loaded(twins_ref, pipe_ref)
+        if pipe is None:
             return  # its model was unloaded since the compile was asked for
         listed = self._listing(pipe, shape)
         # A shape the cache holds (an earlier life of this worker compiled it) compiles
         # here in seconds: a helper process would only add its start to that.
-        elsewhere = None if self._cached(listed) else self._compile_elsewhere(pipe, shape)
+        job = None if self._cached(listed) else self._helper_job(pipe, shape)
+        del pipe  # not held while the helper compiles
+        elsewhere = self._compile_elsewhere(job, shape) if job is not None else None
         started = time.perf_counter()
         before = graphs_so_far()
         with self._running:
-            if self._unloaded(twins):
+            twins, pipe = twins_ref(), self._still_loaded(twins_ref, pipe_ref)
+            if twins is None or pipe is None:
                 return
             self._under_way = (f"{self._parts}, for {shape}", time.monotonic())
             try:
@@ -250,42 +265,57 @@ class CompiledModules:
         partial.write_text("\n".join(lines) + "\n")
         partial.replace(listed)  # whole or not at all: a torn list would hide every line
 
-    def _unloaded(self, twins: _Twins) -> bool:
+    def _still_loaded(
+        self, twins_ref: weakref.ref[_Twins], pipe_ref: weakref.ref[StableDiffusionXLPipeline]
+    ) -> StableDiffusionXLPipeline | None:
+        """The pipeline, if neither it nor its model's twins have been let go since."""
+        twins, pipe = twins_ref(), pipe_ref()
         with self._lock:  # ``forget`` may be changing the twins on the job's thread
-            return all(twins is not t for t in self._twins.values())
+            if twins is None or all(twins is not t for t in self._twins.values()):
+                return None
+        return pipe
 
     def _note(self, note: str) -> None:
         with self._lock:
             self._notes.append(note)
 
-    def _compile_elsewhere(
-        self, pipe: StableDiffusionXLPipeline, shape: Shape
-    ) -> tuple[float, Graphs] | None:
-        """Compile for ``shape`` in a helper process, into the cache on disk that the
-        compile here then reads; its seconds and graphs, or ``None`` if it did not (no
-        cache to share, no room on the device for its copy of the weights, or it failed)."""
+    def _helper_job(self, pipe: StableDiffusionXLPipeline, shape: Shape) -> HelperJob | None:
+        """What a helper process would compile for ``shape``; ``None`` if none can: no
+        cache to share the graphs through, no room on the device for its copy of the
+        weights, or the model cannot be copied for it (said in the job's log)."""
         if self._options.cache_dir is None:
             return None
         # The copy of the weights, and as much again for the warm-up's activations.
         free = self._free_bytes()
         if free is not None and free < 2 * weight_bytes(pipe):
             return None
+        try:
+            return helper_job(pipe, self._options, shape)
+        except Exception as exc:  # noqa: BLE001 - compiled here instead, and said
+            self._helper_failed(shape, exc)
+            return None
+
+    def _compile_elsewhere(self, job: HelperJob, shape: Shape) -> tuple[float, Graphs] | None:
+        """Compile ``job`` in a helper process, into the cache on disk that the compile
+        here then reads; its seconds and graphs, or ``None`` if it failed."""
         started = time.perf_counter()
         self._under_way = (f"{self._parts}, for {shape}, in a helper process", time.monotonic())
         try:
-            self._helper = CompileHelper(helper_job(pipe, self._options, shape))
+            self._helper = CompileHelper(job)
             graphs = self._helper.result()
         except Exception as exc:  # noqa: BLE001 - compiled here instead, and said
-            self._note(
-                f"compiling {self._parts} for {shape} in a helper process failed "
-                f"({type(exc).__name__}: {exc}); compiling here, images of that shape "
-                "wait for it"
-            )
+            self._helper_failed(shape, exc)
             return None
         finally:
             self._helper = None
             self._under_way = None
         return time.perf_counter() - started, graphs
+
+    def _helper_failed(self, shape: Shape, exc: Exception) -> None:
+        self._note(
+            f"compiling {self._parts} for {shape} in a helper process failed "
+            f"({type(exc).__name__}: {exc}); compiling here, images of that shape wait for it"
+        )
 
     def _compile(self, twins: _Twins, pipe: StableDiffusionXLPipeline, shape: Shape) -> None:
         """Compile (and warm up) the twins for ``shape``; the caller holds ``_running``."""
