@@ -73,6 +73,7 @@ class CompiledModules:
         self._free_bytes = free_bytes
         self._helper: CompileHelper | None = None
         self._artifacts = options.artifacts
+        self._listed = CompiledList(options.compiled_list)
         self._twins: dict[str, _Twins] = {}
         self._lock = threading.Lock()  # guards the bookkeeping
         self._running = threading.Lock()  # held by a denoise or a compile, never both
@@ -196,10 +197,10 @@ class CompiledModules:
         pipe = self._still_loaded(twins_ref, pipe_ref)
         if pipe is None:
             return  # its model was unloaded since the compile was asked for
-        listed = self._listing(pipe, shape)
+        listing = compile_listing(pipe, self._parts, shape)
         # A shape the cache holds (an earlier life of this worker compiled it) compiles
         # here in seconds: a helper process would only add its start to that.
-        job = None if self._cached(listed) else self._helper_job(pipe, shape)
+        job = None if self._listed.holds(listing) else self._helper_job(pipe, shape)
         del pipe  # not held while the helper compiles
         elsewhere = self._compile_elsewhere(job, shape) if job is not None else None
         started = time.perf_counter()
@@ -228,7 +229,7 @@ class CompiledModules:
             if saved is not None:
                 self._artifacts.parent.mkdir(parents=True, exist_ok=True)
                 self._artifacts.write_bytes(saved[0])
-                self._list(listed)
+                self._listed.add(listing)
         here = graphs_so_far() - before
         if elsewhere is None:
             how = f"in {seconds:.1f}s in the background ({here})"
@@ -239,31 +240,6 @@ class CompiledModules:
                 f"({helper_graphs}) while images ran eager, then here in {seconds:.1f}s ({here})"
             )
         self._note(f"compiled {self._parts} for {shape} {how}; images of that shape use it now")
-
-    def _listing(self, pipe: StableDiffusionXLPipeline, shape: Shape) -> str:
-        """The line of ``options.compiled_list`` that says the cache holds this compile.
-        Graphs depend on the modules' architecture, not on their weights: any model of
-        the same architecture shares them."""
-        unet, vae = pipe.unet, pipe.vae
-        configs = json.dumps([unet.config, vae.config], sort_keys=True, default=str)
-        architecture = hashlib.sha256(configs.encode()).hexdigest()[:16]
-        return (
-            f"torch {torch.__version__}, {unet.device.type}, {unet.dtype}, architecture "
-            f"{architecture}: {self._parts} for {shape}"
-        )
-
-    def _cached(self, listing: str) -> bool:
-        listed = self._options.compiled_list
-        return listed is not None and listed.is_file() and listing in _lines(listed)
-
-    def _list(self, listing: str) -> None:
-        listed = self._options.compiled_list
-        if listed is None or self._cached(listing):
-            return
-        lines = [*(_lines(listed) if listed.is_file() else []), listing]
-        partial = listed.with_suffix(".partial")
-        partial.write_text("\n".join(lines) + "\n")
-        partial.replace(listed)  # whole or not at all: a torn list would hide every line
 
     def _still_loaded(
         self, twins_ref: weakref.ref[_Twins], pipe_ref: weakref.ref[StableDiffusionXLPipeline]
@@ -337,8 +313,40 @@ class CompiledModules:
             helper.kill()
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+def compile_listing(pipe: StableDiffusionXLPipeline, parts: str, shape: Shape) -> str:
+    """The line of ``CompiledList`` that says the cache holds this compile. Graphs depend
+    on the modules' architecture, not on their weights: models of one architecture share
+    them."""
+    unet, vae = pipe.unet, pipe.vae
+    configs = json.dumps([unet.config, vae.config], sort_keys=True, default=str)
+    architecture = hashlib.sha256(configs.encode()).hexdigest()[:16]
+    return (
+        f"torch {torch.__version__}, {unet.device.type}, {unet.dtype}, architecture "
+        f"{architecture}: {parts} for {shape}"
+    )
+
+
+class CompiledList:
+    """What the compile cache on disk holds graphs for (``compiled.txt`` beside it), one
+    ``compile_listing`` a line; nothing without a cache."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+
+    def holds(self, listing: str) -> bool:
+        return listing in self._lines()
+
+    def add(self, listing: str) -> None:
+        if self._path is None or self.holds(listing):
+            return
+        partial = self._path.with_suffix(".partial")
+        partial.write_text("\n".join([*self._lines(), listing]) + "\n")
+        partial.replace(self._path)  # whole or not at all: a torn list would hide every line
+
+    def _lines(self) -> list[str]:
+        if self._path is None or not self._path.is_file():
+            return []
+        return self._path.read_text().splitlines()
 
 
 def _dynamo_graphs() -> int:
