@@ -311,9 +311,9 @@ def test_a_restarted_worker_loads_its_cache_on_the_compile_thread(
 
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", load)
     (tmp_path / "artifacts.bin").write_bytes(b"saved before the restart")
-    compiled = CompiledModules(CompileOptions("on", cache_dir=tmp_path))
-    compiled.wait()
-    compiled.stop()
+    modules = CompiledModules(CompileOptions("on", cache_dir=tmp_path))
+    modules.wait()
+    modules.stop()
     [(data, thread)] = loaded
     assert data == b"saved before the restart"
     assert thread.startswith("dreamforge-compile"), thread
