@@ -194,21 +194,23 @@ class CompiledModules:
         pipe_ref: weakref.ref[StableDiffusionXLPipeline],
         shape: Shape,
     ) -> None:
-        pipe = self._still_loaded(twins_ref, pipe_ref)
-        if pipe is None:
+        loaded = self._still_loaded(twins_ref, pipe_ref)
+        if loaded is None:
             return  # its model was unloaded since the compile was asked for
+        pipe = loaded[1]
         listing = compile_listing(pipe, self._parts, shape)
         # A shape the cache holds (an earlier life of this worker compiled it) compiles
         # here in seconds: a helper process would only add its start to that.
         job = None if self._listed.holds(listing) else self._helper_job(pipe, shape)
-        del pipe  # not held while the helper compiles
+        del loaded, pipe  # not held while the helper compiles
         elsewhere = self._compile_elsewhere(job, shape) if job is not None else None
         started = time.perf_counter()
         before = graphs_so_far()
         with self._running:
-            twins, pipe = twins_ref(), self._still_loaded(twins_ref, pipe_ref)
-            if twins is None or pipe is None:
+            loaded = self._still_loaded(twins_ref, pipe_ref)
+            if loaded is None:
                 return
+            twins, pipe = loaded
             self._under_way = (f"{self._parts}, for {shape}", time.monotonic())
             try:
                 self._compile(twins, pipe, shape)
@@ -243,13 +245,15 @@ class CompiledModules:
 
     def _still_loaded(
         self, twins_ref: weakref.ref[_Twins], pipe_ref: weakref.ref[StableDiffusionXLPipeline]
-    ) -> StableDiffusionXLPipeline | None:
-        """The pipeline, if neither it nor its model's twins have been let go since."""
+    ) -> tuple[_Twins, StableDiffusionXLPipeline] | None:
+        """The twins and the pipeline, if neither has been let go since."""
         twins, pipe = twins_ref(), pipe_ref()
+        if twins is None or pipe is None:
+            return None
         with self._lock:  # ``forget`` may be changing the twins on the job's thread
-            if twins is None or all(twins is not t for t in self._twins.values()):
+            if all(twins is not t for t in self._twins.values()):
                 return None
-        return pipe
+        return twins, pipe
 
     def _note(self, note: str) -> None:
         with self._lock:
