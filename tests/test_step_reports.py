@@ -103,3 +103,24 @@ def test_a_woken_pipeline_process_is_asked_at_once_and_a_cancel_stops_it(
         runner.stop()
     assert isinstance(outcome, Failed) and outcome.code is ErrorCode.CANCELED
     assert ticked_at and ticked_at[0] - woken_at[0] < 5
+
+
+def semaphores() -> set[str]:
+    """Named POSIX semaphores on this machine (multiprocessing's locks, with forkserver)."""
+    return {p.name for p in Path("/dev/shm").glob("sem.mp-*")}
+
+
+def test_a_killed_pipeline_process_leaves_no_semaphore_behind(tiny_model_dir: Path) -> None:
+    # A child that is killed (recycled, or past its time limit) runs no finalizers: a lock
+    # of its own would stay on the machine until the server stops, one per child.
+    before = semaphores()
+    runner = SdxlProcessRunner("cpu")
+    try:
+        spec = tiny_spec(steps=2, seed=3, item_seeds=(3,))
+        steps_reported(
+            runner, RenderRequest(spec, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 3),))
+        )
+        runner.kill()
+        assert semaphores() - before == set()
+    finally:
+        runner.stop()

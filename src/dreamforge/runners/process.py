@@ -78,6 +78,8 @@ def _child_main(
 ) -> None:
     if compiling.inductor_cache:  # read by inductor when it first looks for its cache
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compiling.inductor_cache)
+    from tqdm import tqdm
+
     from dreamforge.runners.device import InsufficientMemory, select_device
     from dreamforge.runners.sdxl import Canceled, DeviceFull, ModelUnusable, SdxlRunner
 
@@ -86,6 +88,10 @@ def _child_main(
     # each request scans only what came after (1.5 ms instead of 240 ms on a small CPU,
     # added to every job's end).
     gc.freeze()
+    # diffusers' bars are off, but tqdm still makes a multiprocessing lock at the first
+    # one: a named semaphore that a killed child (recycled, past its time limit) leaves on
+    # the machine until the server stops, one a child. Bars here are never shared.
+    tqdm.set_lock(threading.RLock())
     runner = SdxlRunner(select_device(device), memory_budget_bytes, compiling)
     while True:
         try:
