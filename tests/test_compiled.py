@@ -170,6 +170,69 @@ def test_when_the_helper_fails_the_compile_runs_here_and_an_image_asked_meanwhil
     runner.compiled.stop()
 
 
+def images_of(runner: SdxlRunner, model: ModelRef, count: int) -> list[RunnerMessage]:
+    """``count`` images in one micro-batch (of ``count``, compiled or not)."""
+    spec = tiny_spec(steps=2, count=count, item_seeds=tuple(range(1, count + 1)))
+    items = tuple(ItemToRender(i, 1 + i) for i in range(count))
+    out: list[RunnerMessage] = []
+    runner.generate(RenderRequest(spec, model, items, max_batch=count), out.append, bool)
+    return out
+
+
+def compiled_note(out: list[RunnerMessage]) -> str:
+    [note] = [m.message for m in out if isinstance(m, RunnerNote)]
+    return note
+
+
+def test_every_shape_a_helper_compiles_is_taken_from_its_cache(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's twins have graphs of the first shape when they compile the second; the
+    helper's, compiled afresh, only that one. Graphs that depended on the shapes before them
+    (torch's default: sizes as symbols from a function's second shape on) would differ,
+    and the runner would compile its own while jobs wait."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold one
+    # As in a new worker: graphs that earlier tests compiled in this process would serve
+    # the runner's twins without a look at the cache.
+    torch._dynamo.reset()
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on", cache_dir=tmp_path))
+    assert runner.compiled is not None
+    model = tiny_model_ref(tiny_model_dir)
+    for batch in (1, 2):
+        images_of(runner, model, batch)
+        runner.compiled.wait()
+        note = compiled_note(images_of(runner, model, batch))
+        told = re.search(
+            r"then here in [\d.]+s \((\d+) graphs compiled, (\d+) from the cache\)", note
+        )
+        assert told is not None and f"64x64 x{batch} (guided)" in note, note
+        assert int(told[1]) == 0 and int(told[2]) > 0, note
+    runner.compiled.stop()
+
+
+def test_a_shape_past_the_most_a_process_keeps_stays_eager_and_says_so(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compiled, "MAX_SHAPES", 1)
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
+    assert runner.compiled is not None
+    model = tiny_model_ref(tiny_model_dir)
+    images_of(runner, model, 1)
+    runner.compiled.wait()
+    assert "images of that shape use it now" in compiled_note(images_of(runner, model, 1))
+    images_of(runner, model, 2)
+    runner.compiled.wait()
+    told, again = images_of(runner, model, 2), images_of(runner, model, 2)
+    assert compiled_note(told) == (
+        "the UNet by regions not compiled for 64x64 x2 (guided): this process has graphs "
+        "for 1 shapes, the most it keeps; images of that shape stay eager"
+    )
+    assert not [m for m in again if isinstance(m, RunnerNote)]  # said once
+    for image in (m for m in told + again if isinstance(m, ItemRendered)):
+        assert read_receipt(image.png).compiled is False
+    runner.compiled.stop()
+
+
 def test_a_restarted_worker_compiles_from_its_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
     def a_worker_life() -> list[str]:
         runner = SdxlProcessRunner("cpu", compiling=CompileOptions("on", cache_dir=tmp_path))

@@ -39,6 +39,7 @@ from diffusers import StableDiffusionXLPipeline
 from dreamforge.runners.compile_helper import CompileHelper, HelperJob, helper_job, weight_bytes
 from dreamforge.runners.compile_options import CompileOptions
 from dreamforge.runners.twins import (
+    MAX_SHAPES,
     Graphs,
     PromptShape,
     Shape,
@@ -78,6 +79,7 @@ class CompiledModules:
         self._lock = threading.Lock()  # guards the bookkeeping
         self._running = threading.Lock()  # held by a denoise or a compile, never both
         self._wanted: list[tuple[_Twins, StableDiffusionXLPipeline, Shape]] = []
+        self._compiled_here: set[str] = set()  # compile_listing()s: the compile thread's
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="dreamforge-compile")
         self._futures: list[Future[None]] = []
         self._notes: list[str] = []  # what finished since they were last taken
@@ -199,6 +201,12 @@ class CompiledModules:
             return  # its model was unloaded since the compile was asked for
         pipe = loaded[1]
         listing = compile_listing(pipe, self._parts, shape)
+        if listing not in self._compiled_here and len(self._compiled_here) >= MAX_SHAPES:
+            self._note(
+                f"{self._parts} not compiled for {shape}: this process has graphs for "
+                f"{MAX_SHAPES} shapes, the most it keeps; images of that shape stay eager"
+            )
+            return
         # A shape the cache holds (an earlier life of this worker compiled it) compiles
         # here in seconds: a helper process would only add its start to that.
         job = None if self._listed.holds(listing) else self._helper_job(pipe, shape)
@@ -225,6 +233,7 @@ class CompiledModules:
             with self._lock:  # before the lock goes: a job that waited runs compiled
                 twins.shapes.add(shape)
                 twins.pending.discard(shape)
+            self._compiled_here.add(listing)
         seconds = time.perf_counter() - started
         if self._artifacts is not None:
             saved = torch.compiler.save_cache_artifacts()

@@ -60,18 +60,38 @@ def shared_twin(module: torch.nn.Module) -> Any:
     return copy.deepcopy(module, memo)
 
 
+# The most shapes one process compiles graphs for. Dynamo keeps every graph of a function
+# and finds the one for a call by checking their guards in turn, at each call (a UNet by
+# regions: 70 block calls a step); and it refuses to compile a function more times than
+# its recompile limit, raised below to hold these shapes' graphs.
+MAX_SHAPES = 16
+# Graphs a function may have: by regions, a block's for each width of the UNet's levels
+# that has transformer blocks (two in SDXL), with room for guards that failed in a job.
+_GRAPHS_PER_SHAPE = 4
+
+
 def compiled_twins(pipe: StableDiffusionXLPipeline, options: CompileOptions) -> dict[str, Any]:
     """The twins ``options`` asks for by the pipeline's component name (``unet``, ``vae``),
-    set to compile at their first call."""
+    set to compile at their first call.
+
+    Each shape gets graphs of its own (``dynamic=False``), the same whichever process
+    compiles them. With torch's default, a function's second shape makes it compile again
+    with sizes as symbols: what a shape gets would depend on the shapes compiled before it
+    in the process, and a helper process, which compiles one shape, would leave graphs in
+    the cache that the runner does not ask for. (The H200's figures in docs/benchmarks.md
+    are of graphs for one shape each.)
+    """
+    limit = MAX_SHAPES * _GRAPHS_PER_SHAPE
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     unet = shared_twin(pipe.unet)
     if options.scope == "unet":
-        unet.compile(fullgraph=True)
+        unet.compile(fullgraph=True, dynamic=False)
     else:
-        unet.compile_repeated_blocks(fullgraph=True)
+        unet.compile_repeated_blocks(fullgraph=True, dynamic=False)
     if not options.vae:
         return {"unet": unet}
     vae = shared_twin(pipe.vae)
-    vae.decoder.compile(fullgraph=True)
+    vae.decoder.compile(fullgraph=True, dynamic=False)
     return {"unet": unet, "vae": vae}
 
 
