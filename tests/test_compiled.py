@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from dreamforge.artifacts.receipts import read_receipt
+from dreamforge.domain.jobs import ModelDefaults
 from dreamforge.runners import compiled
 from dreamforge.runners.compile_helper import HelperJob, helper_job
 from dreamforge.runners.compile_options import CompileOptions, CompileScope
@@ -230,6 +231,26 @@ def test_a_shape_past_the_most_a_process_keeps_stays_eager_and_says_so(
     assert not [m for m in again if isinstance(m, RunnerNote)]  # said once
     for image in (m for m in told + again if isinstance(m, ItemRendered)):
         assert read_receipt(image.png).compiled is False
+    runner.compiled.stop()
+
+
+def test_a_preload_compiles_for_one_image_of_the_models_defaults_ahead_of_any_job(
+    tiny_model_dir: Path,
+) -> None:
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
+    assert runner.compiled is not None
+    defaults = ModelDefaults(width=64, height=64, steps=3, guidance_scale=5.0)
+    preload = RenderRequest(None, tiny_model_ref(tiny_model_dir), (), defaults=defaults)
+    runner.generate(preload, [].append, bool)
+    runner.compiled.wait()
+    first = render(runner, tiny_model_dir)  # SPEC: one 64x64 image, guided
+    assert re.fullmatch(
+        r"compiled the UNet by regions for 64x64 x1 \(guided\) in [\d.]+s in the background "
+        r"\(.*\); images of that shape use it now",
+        compiled_note(first),
+    )
+    image = next(m for m in first if isinstance(m, ItemRendered))
+    assert read_receipt(image.png).compiled is True
     runner.compiled.stop()
 
 

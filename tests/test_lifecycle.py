@@ -21,7 +21,7 @@ import pytest
 from dreamforge.config import Settings
 from dreamforge.domain.clock import utcnow
 from dreamforge.domain.jobs import JobStatus
-from dreamforge.models.registry import ModelRegistry
+from dreamforge.models.registry import TINY_DEFAULTS, ModelRegistry
 from dreamforge.runners.fake import FakeRunner, Plan, Trouble
 from dreamforge.runtime import DataDirInUse, Runtime
 from dreamforge.store.models import ModelRepository
@@ -98,6 +98,12 @@ def assert_failed_cleanly(
     # The worker is not poisoned: the next job on it succeeds.
     after, _ = finished(fake.client, "fine after a failure")
     assert after["status"] == "succeeded"
+
+
+def test_the_worker_preloads_the_default_model_with_its_defaults(fake: FakeServer) -> None:
+    """...before any job asks for it; a compiling runner compiles for one image of the
+    defaults then (tests/test_compiled.py)."""
+    assert fake.runner.preloaded == [("tiny-sdxl", TINY_DEFAULTS)]
 
 
 def test_a_pipeline_error_fails_the_job_with_runner_error(fake: FakeServer) -> None:

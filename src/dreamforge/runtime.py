@@ -230,7 +230,7 @@ class Runtime:
             runner = runner or default_runner(self.settings)
             default = self.models.get(self.settings.default_model_id)
             if default is not None and default.format != REMOTE_FORMAT:
-                runner.preload(ModelRef.of(default))
+                runner.preload(ModelRef.of(default), default.defaults)
             lifecycles.append(self._lifecycle(runner))
             runners.append(runner)
             self.tasks.attach(run_job=lifecycles[-1].run)

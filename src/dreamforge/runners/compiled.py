@@ -153,15 +153,7 @@ class CompiledModules:
                 )
             self._running.acquire()
         try:
-            with self._lock:
-                twins = self._twins.get(model_id)
-                if twins is None or twins.sha256 != sha256:
-                    twins = _Twins(sha256, {}, set(), set())
-                    self._twins[model_id] = twins
-                warm = shape in twins.shapes
-                if not warm and shape not in twins.pending:
-                    twins.pending.add(shape)
-                    self._wanted.append((twins, pipe, shape))
+            twins, warm = self._want(model_id, sha256, pipe, shape)
             before = _dynamo_graphs()
             yield twins.modules if warm else {}
             again = _dynamo_graphs() - before
@@ -172,6 +164,28 @@ class CompiledModules:
                 )
         finally:
             self._running.release()
+
+    def want(
+        self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
+    ) -> None:
+        """Compile for ``shape`` ahead of any job of it (``compile_wanted`` starts it)."""
+        self._want(model_id, sha256, pipe, shape)
+
+    def _want(
+        self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
+    ) -> tuple[_Twins, bool]:
+        """The model's twins, and whether they are warm for ``shape``; if not, the shape
+        is wanted, once."""
+        with self._lock:
+            twins = self._twins.get(model_id)
+            if twins is None or twins.sha256 != sha256:
+                twins = _Twins(sha256, {}, set(), set())
+                self._twins[model_id] = twins
+            warm = shape in twins.shapes
+            if not warm and shape not in twins.pending:
+                twins.pending.add(shape)
+                self._wanted.append((twins, pipe, shape))
+            return twins, warm
 
     def exclusive(self) -> threading.Lock:
         """Held while other modules run (refine, upscalers): no compile meanwhile."""

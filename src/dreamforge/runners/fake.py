@@ -18,6 +18,7 @@ from dreamforge import __version__
 from dreamforge.artifacts.receipts import encode_png
 from dreamforge.domain.chains import RefineStep, refine_denoising_steps
 from dreamforge.domain.errors import ErrorCode
+from dreamforge.domain.jobs import ModelDefaults
 from dreamforge.runners.device import InsufficientMemory, check_headroom, item_bytes
 from dreamforge.runners.making import lanczos, parent_image, receipt_for
 from dreamforge.runners.protocol import (
@@ -122,11 +123,13 @@ class FakeRunner:
     model_bytes: int = 2**30  # each loaded model's weights on the device
     rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
     renders: Counter[str] = field(default_factory=Counter)  # render requests per prompt
+    preloaded: list[tuple[str, ModelDefaults | None]] = field(default_factory=list)
     _loaded: set[str] = field(default_factory=set)
     _tries: Counter[str] = field(default_factory=Counter)  # renders of a plan's step
     _reported: DeviceMemory | None = None  # as of the last request, as the child's is
 
-    def preload(self, model: ModelRef) -> None:
+    def preload(self, model: ModelRef, defaults: ModelDefaults | None = None) -> None:
+        self.preloaded.append((model.id, defaults))
         self._load(model.id)
 
     def memory(self) -> DeviceMemory:

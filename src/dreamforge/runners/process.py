@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from dreamforge.domain.errors import ErrorCode
+from dreamforge.domain.jobs import ModelDefaults
 from dreamforge.logs import outside_any_job
 from dreamforge.runners.compile_options import EAGER, CompileOptions
 from dreamforge.runners.protocol import (
@@ -299,10 +300,11 @@ class SdxlProcessRunner:
                 self.kill()
                 raise RunnerCrashed("the runner process was killed")
 
-    def preload(self, model: ModelRef) -> None:
+    def preload(self, model: ModelRef, defaults: ModelDefaults | None = None) -> None:
         """Start loading ``model`` in a child now, without waiting: the first job then
-        finds it loaded instead of paying for the child's start and the load."""
-        self._start_in_background(RenderRequest(spec=None, model=model, items=()))
+        finds it loaded instead of paying for the child's start and the load (and, with
+        compile on, the compile for ``defaults`` under way or done)."""
+        self._start_in_background(RenderRequest(None, model, (), defaults=defaults))
 
     def _start_in_background(self, preload: RenderRequest | None = None) -> None:
         """Start the child on a thread: the first start waits for the fork server's

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from dreamforge.domain.chains import RefineStep, UpscaleStep
 from dreamforge.domain.errors import ErrorCode
-from dreamforge.domain.jobs import JobSpec
+from dreamforge.domain.jobs import JobSpec, ModelDefaults
 from dreamforge.domain.records import Model
 
 
@@ -59,7 +59,8 @@ class ItemToRender:
 @dataclass(frozen=True)
 class RenderRequest:
     """Render ``items`` of ``spec`` with ``model`` as step ``step_index`` of a job; with
-    no spec, only load the model.
+    no spec, only load the model (a preload), and where the runner compiles, compile for
+    one image of its ``defaults`` ahead of any job.
 
     A chain step (``chain_step`` set) works on each item's parent image; ``step_model`` is
     the model it runs (the upscaler, or refine's SDXL model), ``None`` for resampling, and
@@ -79,6 +80,7 @@ class RenderRequest:
     tile_px: int = 512  # upscalers run over tiles of at most this size
     # Denoising steps are reported at most this often (``StepReports``); 0: every step.
     progress_interval_s: float = 0.0
+    defaults: ModelDefaults | None = None
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,9 @@ class RunnerCrashed(Exception):
 
 
 class Runner(Protocol):
-    def preload(self, model: ModelRef) -> None:
-        """Start loading ``model`` now, so that the first job finds it loaded."""
+    def preload(self, model: ModelRef, defaults: ModelDefaults | None = None) -> None:
+        """Start loading ``model`` now, so that the first job finds it loaded (and, where
+        the runner compiles, compiled for one image of its ``defaults``)."""
         ...
 
     def render(

@@ -27,7 +27,7 @@ from dreamforge import __version__
 from dreamforge.artifacts.receipts import encode_png
 from dreamforge.config import Settings
 from dreamforge.domain.errors import ErrorCode
-from dreamforge.domain.jobs import Scheduler
+from dreamforge.domain.jobs import ModelDefaults, Scheduler
 from dreamforge.runners.making import receipt_for
 from dreamforge.runners.protocol import (
     DeviceMemory,
@@ -108,7 +108,7 @@ class ReplicateRunner:
         token = settings.replicate_api_token.get_secret_value()
         return cls(settings.replicate_endpoint, token, settings.remote_poll_s)
 
-    def preload(self, model: ModelRef) -> None:
+    def preload(self, model: ModelRef, defaults: ModelDefaults | None = None) -> None:
         pass  # nothing to load here
 
     def memory(self) -> DeviceMemory | None:

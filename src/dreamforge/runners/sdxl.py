@@ -323,7 +323,12 @@ class SdxlRunner:
         for note in self.compiled.take_notes() if self.compiled else []:
             emit(RunnerNote(note))
         spec = request.spec
-        if spec is None:
+        if spec is None:  # a preload
+            if self.compiled is not None and request.defaults is not None:
+                defaults = request.defaults
+                one = Shape(defaults.width, defaults.height, 1, defaults.guidance_scale > 1)
+                self.compiled.want(request.model.id, request.model.sha256, pipe, one)
+                self.compiled.compile_wanted()
             return
         pipe.scheduler = self._scheduler(request.model.id, spec.scheduler, scheduler_config)
         lock = threading.Lock()  # the encoder thread and this one share the pipe
