@@ -196,6 +196,7 @@ class CompiledModules:
         its later micro-batches must not wait behind the compile)."""
         with self._lock:
             wanted, self._wanted = self._wanted, []
+            self._futures = [f for f in self._futures if not f.done()]  # a worker's life long
             for twins, pipe, shape in wanted:
                 # Held weakly: a model unloaded meanwhile goes at once, and its weights with
                 # it, rather than when its compile ends (minutes, for a whole UNet).
