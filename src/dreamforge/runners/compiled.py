@@ -4,10 +4,11 @@ transformer block compiled and reused; seconds) or whole (one graph; minutes, fe
 kernel launches).
 
 A job of a shape with no compiled graph yet is denoised eagerly; once its request is
-done, the compile thread has compiled twins of the model's UNet (and VAE) made for that
-shape (``runners/twins.py``). From then on, jobs of that shape use the twins. Compiled
-artifacts go to a cache on disk (inductor's, and ``torch.compiler.save_cache_artifacts``),
-so that a restarted worker does not compile again from scratch.
+done (or when the default model is preloaded, for one image of its defaults), the compile
+thread compiles twins of the model's UNet (and VAE) made for that shape
+(``runners/twins.py``). From then on, jobs of that shape use the twins. Compiled graphs go
+to a cache on disk (``runners/compile_cache.py``), so that a restarted worker does not
+compile again from scratch.
 
 Compiling and running modules at the same time is not safe in torch (its tracer patches
 ``Module.__call__`` for every thread while it traces), so a compile here and a denoise
@@ -21,8 +22,6 @@ copy of the weights, the whole compile runs here and they wait for all of it.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import threading
 import time
 import weakref
@@ -30,12 +29,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import StableDiffusionXLPipeline
 
+from dreamforge.runners.compile_cache import CompileCache, compile_listing
 from dreamforge.runners.compile_helper import CompileHelper, HelperJob, helper_job, weight_bytes
 from dreamforge.runners.compile_options import CompileOptions
 from dreamforge.runners.twins import (
@@ -73,8 +71,7 @@ class CompiledModules:
         self._options = options
         self._free_bytes = free_bytes
         self._helper: CompileHelper | None = None
-        self._artifacts = options.artifacts
-        self._listed = CompiledList(options.compiled_list)
+        self._cache = CompileCache(options)
         self._twins: dict[str, _Twins] = {}
         self._lock = threading.Lock()  # guards the bookkeeping
         self._running = threading.Lock()  # held by a denoise or a compile, never both
@@ -87,10 +84,10 @@ class CompiledModules:
         self._parts = "the whole UNet" if options.scope == "unet" else "the UNet by regions"
         if options.vae:
             self._parts += " and the VAE decoder"
-        if self._artifacts is not None and self._artifacts.is_file():
+        if self._cache.saved:
             # On the compile thread, ahead of any compile: loading them (and importing the
             # compiler) takes a second or more, which the first image must not wait for.
-            self._futures.append(self._compiler.submit(self._load_artifacts, self._artifacts))
+            self._futures.append(self._compiler.submit(self._cache.load))
 
     def forget(self, model_ids: Iterable[str]) -> None:
         """Let go of the twins of models that were unloaded: they hold the very same
@@ -106,10 +103,6 @@ class CompiledModules:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
-
-    @staticmethod
-    def _load_artifacts(artifacts: Path) -> None:
-        torch.compiler.load_cache_artifacts(artifacts.read_bytes())
 
     def take_notes(self) -> list[str]:
         with self._lock:
@@ -224,7 +217,7 @@ class CompiledModules:
             return
         # A shape the cache holds (an earlier life of this worker compiled it) compiles
         # here in seconds: a helper process would only add its start to that.
-        job = None if self._listed.holds(listing) else self._helper_job(pipe, shape)
+        job = None if self._cache.holds(listing) else self._helper_job(pipe, shape)
         del loaded, pipe  # not held while the helper compiles
         elsewhere = self._compile_elsewhere(job, shape) if job is not None else None
         started = time.perf_counter()
@@ -250,12 +243,7 @@ class CompiledModules:
                 twins.pending.discard(shape)
             self._compiled_here.add(listing)
         seconds = time.perf_counter() - started
-        if self._artifacts is not None:
-            saved = torch.compiler.save_cache_artifacts()
-            if saved is not None:
-                self._artifacts.parent.mkdir(parents=True, exist_ok=True)
-                self._artifacts.write_bytes(saved[0])
-                self._listed.add(listing)
+        self._cache.save(listing)
         here = graphs_so_far() - before
         if elsewhere is None:
             how = f"in {seconds:.1f}s in the background ({here})"
@@ -339,42 +327,6 @@ class CompiledModules:
         helper = self._helper
         if helper is not None:
             helper.kill()
-
-
-def compile_listing(pipe: StableDiffusionXLPipeline, parts: str, shape: Shape) -> str:
-    """The line of ``CompiledList`` that says the cache holds this compile. Graphs depend
-    on the modules' architecture, not on their weights: models of one architecture share
-    them."""
-    unet, vae = pipe.unet, pipe.vae
-    configs = json.dumps([unet.config, vae.config], sort_keys=True, default=str)
-    architecture = hashlib.sha256(configs.encode()).hexdigest()[:16]
-    return (
-        f"torch {torch.__version__}, {unet.device.type}, {unet.dtype}, architecture "
-        f"{architecture}: {parts} for {shape}"
-    )
-
-
-class CompiledList:
-    """What the compile cache on disk holds graphs for (``compiled.txt`` beside it), one
-    ``compile_listing`` a line; nothing without a cache."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-
-    def holds(self, listing: str) -> bool:
-        return listing in self._lines()
-
-    def add(self, listing: str) -> None:
-        if self._path is None or self.holds(listing):
-            return
-        partial = self._path.with_suffix(".partial")
-        partial.write_text("\n".join([*self._lines(), listing]) + "\n")
-        partial.replace(self._path)  # whole or not at all: a torn list would hide every line
-
-    def _lines(self) -> list[str]:
-        if self._path is None or not self._path.is_file():
-            return []
-        return self._path.read_text().splitlines()
 
 
 def _dynamo_graphs() -> int:
