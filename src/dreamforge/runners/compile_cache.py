@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import diffusers
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -20,14 +21,20 @@ from dreamforge.runners.twins import Shape
 
 def compile_listing(pipe: StableDiffusionXLPipeline, parts: str, shape: Shape) -> str:
     """The line of ``compiled.txt`` that says the cache holds this compile. Graphs depend
-    on the modules' architecture, not on their weights: models of one architecture share
-    them."""
+    on the modules' code and architecture, not on their weights or where they were read
+    from: models of one architecture share them."""
     unet, vae = pipe.unet, pipe.vae
-    configs = json.dumps([unet.config, vae.config], sort_keys=True, default=str)
-    architecture = hashlib.sha256(configs.encode()).hexdigest()[:16]
+    # Not the config's private keys: the folder it was read from, the diffusers that
+    # saved it, which values were defaults.
+    configs = [
+        {"class": type(module).__name__} | {k: v for k, v in module.config.items() if k[0] != "_"}
+        for module in (unet, vae)
+    ]
+    described = json.dumps(configs, sort_keys=True, default=str)
+    architecture = hashlib.sha256(described.encode()).hexdigest()[:16]
     return (
-        f"torch {torch.__version__}, {unet.device.type}, {unet.dtype}, architecture "
-        f"{architecture}: {parts} for {shape}"
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, {unet.device.type}, "
+        f"{unet.dtype}, architecture {architecture}: {parts} for {shape}"
     )
 
 
