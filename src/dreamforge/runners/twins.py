@@ -61,9 +61,9 @@ def shared_twin(module: torch.nn.Module) -> Any:
 
 
 # The most shapes one process compiles graphs for. Dynamo keeps every graph of a function
-# and finds the one for a call by checking their guards in turn, at each call (a UNet by
-# regions: 70 block calls a step); and it refuses to compile a function more times than
-# its recompile limit, raised below to hold these shapes' graphs.
+# for the process's life, and finds a call's by checking their guards, the most recently
+# used first (a UNet by regions: 70 block calls a step); past its recompile limit (8
+# graphs a function), raised below to hold these shapes', a full-graph compile fails.
 MAX_SHAPES = 16
 # Graphs a function may have: by regions, a block's for each width of the UNet's levels
 # that has transformer blocks (two in SDXL), with room for guards that failed in a job.
