@@ -60,13 +60,14 @@ def shared_twin(module: torch.nn.Module) -> Any:
     return copy.deepcopy(module, memo)
 
 
-# The most shapes one process compiles graphs for. Dynamo keeps every graph of a function
-# for the process's life, and finds a call's by checking their guards, the most recently
-# used first (a UNet by regions: 70 block calls a step); past its recompile limit (8
-# graphs a function), raised below to hold these shapes', a full-graph compile fails.
+# The most shapes one process compiles graphs for: dynamo keeps every graph for the
+# process's life (it finds a call's by checking their guards, the most recently used
+# first), and past a function's recompile limit (8 graphs by default; raised below to hold
+# these shapes') a full-graph compile fails.
 MAX_SHAPES = 16
-# Graphs a function may have: by regions, a block's for each width of the UNet's levels
-# that has transformer blocks (two in SDXL), with room for guards that failed in a job.
+# Graphs a function may have a shape: by regions, the block's for each width of the UNet's
+# levels with transformer blocks (two in SDXL), and as many again for graphs that a job
+# made compile again (a guard that failed).
 _GRAPHS_PER_SHAPE = 4
 
 
