@@ -9,6 +9,7 @@ import dataclasses
 import gc
 import io
 import re
+import sys
 import threading
 import time
 import weakref
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.domain.jobs import ModelDefaults
-from dreamforge.runners import compiled
-from dreamforge.runners.compile_helper import HelperJob, helper_job
+from dreamforge.runners import compile_helper, compiled
+from dreamforge.runners.compile_helper import CompileHelper, HelperJob, helper_job
 from dreamforge.runners.compile_options import CompileOptions, CompileScope
 from dreamforge.runners.compiled import CompiledModules
 from dreamforge.runners.device import select_device
@@ -251,6 +253,29 @@ def test_a_preload_compiles_for_one_image_of_the_models_defaults_ahead_of_any_jo
     )
     image = next(m for m in first if isinstance(m, ItemRendered))
     assert read_receipt(image.png).compiled is True
+    runner.compiled.stop()
+
+
+def test_a_helper_that_does_not_answer_in_time_is_killed_and_the_compile_runs_here(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung helper would hold the compile thread, and every later shape's compile."""
+    monkeypatch.setattr(compile_helper, "HELPER_LIMIT_S", 1.0)
+    hung = (sys.executable, "-c", "import time; time.sleep(300)")
+    monkeypatch.setattr(CompileHelper, "command", hung)
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on", cache_dir=tmp_path))
+    assert runner.compiled is not None
+    render(runner, tiny_model_dir)
+    runner.compiled.wait()
+    notes = [m.message for m in render(runner, tiny_model_dir) if isinstance(m, RunnerNote)]
+    assert notes[0] == (
+        "compiling the UNet by regions for 64x64 x1 (guided) in a helper process failed "
+        "(HelperFailed: no answer within 1s; killed); compiling here, images of that shape "
+        "wait for it"
+    ), notes
+    assert "in the background (" in notes[1], notes
+    children = psutil.Process().children(recursive=True)
+    assert not [p for p in children if "sleep(300)" in " ".join(p.cmdline())]  # killed
     runner.compiled.stop()
 
 

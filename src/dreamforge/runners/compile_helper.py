@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
@@ -41,6 +41,11 @@ from dreamforge.runners.twins import (
     graphs_so_far,
     warm_up,
 )
+
+# The longest a helper may take. A whole UNet compiled in 154 s on an H200; a helper past
+# this is taken for hung (it would hold the compile thread, and every later shape's
+# compile, for the worker's life) and killed.
+HELPER_LIMIT_S = 1800.0
 
 
 class HelperFailed(Exception):
@@ -80,19 +85,23 @@ def helper_job(pipe: StableDiffusionXLPipeline, options: CompileOptions, shape: 
 class CompileHelper:
     """One compile in a helper process, started at once."""
 
+    command: ClassVar[tuple[str, ...]] = (sys.executable, "-m", __name__)
+
     def __init__(self, job: HelperJob) -> None:
         self._job = job
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
 
     def result(self) -> Graphs:
         """Wait until it is done: the graphs it compiled or found in the cache. Raises
-        ``HelperFailed`` if it did not compile."""
-        out, err = self._process.communicate(pickle.dumps(self._job))
+        ``HelperFailed`` if it did not compile, or not within ``HELPER_LIMIT_S``."""
+        try:
+            out, err = self._process.communicate(pickle.dumps(self._job), HELPER_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            raise HelperFailed(f"no answer within {HELPER_LIMIT_S:.0f}s; killed") from None
         # Its answer is its last line out; a library may have printed before it.
         lines = out.decode(errors="replace").strip().splitlines()
         said = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
