@@ -74,6 +74,20 @@ def test_a_body_that_is_not_json_is_named(live: LiveServer) -> None:
     assert response.json()["errors"][0]["fix"] == "send a valid JSON body"
 
 
+def test_json_sent_as_a_form_is_told_to_say_it_is_json(live: LiveServer) -> None:
+    # What `curl -d '{...}'` sends without -H: the body is a JSON object, labelled a form.
+    response = live.client.post(
+        "/v1/jobs",
+        content=b'{"prompt": "a lighthouse"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["fix"] == (
+        "send it with the header Content-Type: application/json (this request said "
+        "application/x-www-form-urlencoded)"
+    )
+
+
 def test_refused_requests_leave_no_job_behind(live: LiveServer) -> None:
     before = live.client.get("/v1/jobs", params={"limit": 100}).json()["data"]
     create(live, {"prompt": "x", "width": 65})

@@ -78,8 +78,12 @@ def rfc9457(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _fix_for(error: dict[str, Any]) -> str:
+def _fix_for(error: dict[str, Any], media: str) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in ("model_attributes_type", "dict_type") and "json" not in media:
+        # Only a body labelled JSON is read as JSON: `curl -d '{...}'` sends a JSON object
+        # labelled a form, which "send a JSON object" would not explain.
+        return f"send it with the header Content-Type: application/json (this request said {media})"
     fixes = {
         "missing": "add this required field",
         "string_too_short": "send a non-empty value",
@@ -114,8 +118,13 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def validation_problems(errors: list[dict[str, Any]]) -> list[FieldProblem]:
-    return [FieldProblem(_field_name(tuple(e["loc"])), e["msg"], _fix_for(e)) for e in errors]
+def validation_problems(
+    errors: list[dict[str, Any]], media: str = "application/json"
+) -> list[FieldProblem]:
+    """Each error's field, message and fix; ``media``: the body's Content-Type."""
+    return [
+        FieldProblem(_field_name(tuple(e["loc"])), e["msg"], _fix_for(e, media)) for e in errors
+    ]
 
 
 class Renderer(Protocol):
@@ -144,7 +153,8 @@ def install(app: FastAPI, dialects: Mapping[str, Renderer] | None = None) -> Non
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = validation_problems(list(exc.errors()))
+        media = request.headers.get("content-type") or "application/json"  # none: read as JSON
+        problems = validation_problems(list(exc.errors()), media)
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
         return renderer(request)(
             422, ErrorCode.VALIDATION_ERROR, detail, request.url.path, problems
