@@ -173,12 +173,16 @@ def test_when_the_helper_fails_the_compile_runs_here_and_an_image_asked_meanwhil
     runner.compiled.stop()
 
 
-def images_of(runner: SdxlRunner, model: ModelRef, count: int) -> list[RunnerMessage]:
-    """``count`` images in one micro-batch (of ``count``, compiled or not)."""
-    spec = tiny_spec(steps=2, count=count, item_seeds=tuple(range(1, count + 1)))
+def images_of(
+    runner: SdxlRunner, model: ModelRef, count: int, max_batch: int | None = None
+) -> list[RunnerMessage]:
+    """The first ``count`` images of a job of ``max_batch`` (default ``count``), in one
+    micro-batch of at most ``max_batch``, compiled or not."""
+    most = max_batch or count
+    spec = tiny_spec(steps=2, count=most, item_seeds=tuple(range(1, most + 1)))
     items = tuple(ItemToRender(i, 1 + i) for i in range(count))
     out: list[RunnerMessage] = []
-    runner.generate(RenderRequest(spec, model, items, max_batch=count), out.append, bool)
+    runner.generate(RenderRequest(spec, model, items, max_batch=most), out.append, bool)
     return out
 
 
@@ -432,18 +436,15 @@ def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path)
     """Compiled sizes are 1, 2, 4, 8…: three items pad to four, and only three come back."""
     runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
     assert runner.compiled is not None
-    spec = tiny_spec(steps=2, count=4, item_seeds=(1, 2, 3, 4))
     model = tiny_model_ref(tiny_model_dir)
 
-    def images_of(count: int) -> list[ItemRendered]:
-        items = tuple(ItemToRender(i, 1 + i) for i in range(count))
-        out: list[RunnerMessage] = []
-        runner.generate(RenderRequest(spec, model, items, max_batch=4), out.append, bool)
+    def rendered(count: int) -> list[ItemRendered]:
+        out = images_of(runner, model, count, max_batch=4)
         return [m for m in out if isinstance(m, ItemRendered)]
 
-    eager = images_of(4)  # compiles the 4-item shape once it is done
+    eager = rendered(4)  # compiles the 4-item shape once it is done
     runner.compiled.wait()
-    three = images_of(3)
+    three = rendered(3)
     assert [m.item_index for m in three] == [0, 1, 2]
     assert all(read_receipt(m.png).compiled for m in three)
     for got, want in zip(three, eager, strict=False):
