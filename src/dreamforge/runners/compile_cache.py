@@ -52,7 +52,7 @@ class CompileCache:
 
     def load(self) -> None:
         """Into this process's compiler (a second or more: not on a job's path)."""
-        if self._artifacts is not None and self._artifacts.is_file():
+        if self._artifacts is not None and self.saved:
             torch.compiler.load_cache_artifacts(self._artifacts.read_bytes())
 
     def holds(self, listing: str) -> bool:
@@ -70,10 +70,11 @@ class CompileCache:
         self._add(listing)
 
     def _add(self, listing: str) -> None:
-        if self._list is None or self.holds(listing):
+        lines = self._lines()
+        if self._list is None or listing in lines:
             return
         partial = self._list.with_suffix(".partial")
-        partial.write_text("\n".join([*self._lines(), listing]) + "\n")
+        partial.write_text("\n".join([*lines, listing]) + "\n")
         partial.replace(self._list)  # whole or not at all: a torn list would hide every line
 
     def _lines(self) -> list[str]:
