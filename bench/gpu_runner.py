@@ -243,7 +243,8 @@ def burst_figures(
 def first_image_figures(client: httpx.Client, started: float) -> dict[str, float]:
     """The first image at 1024x1024/30 from process start (compiled or not), then jobs of
     that shape until one's log has the compile's note (the service starts that compile
-    when it preloads the model), which says how long the warm cache took."""
+    when the first job is done, or once idle after preloading the model), which says how
+    long the warm cache took."""
     size, steps = LARGE
     spec = {"prompt": "first", "width": size, "height": size, "steps": steps}
     job, png = run_job_read(client, 1, spec)
@@ -352,8 +353,8 @@ def main() -> None:
 
         def bursts() -> None:
             # On the 1024 phase's cache: the service compiles the model's default image
-            # (1024x1024) at its start, from there in seconds rather than cold ahead of
-            # the burst's shapes.
+            # (1024x1024) too, after the first request, from there in seconds rather than
+            # cold ahead of the burst's shapes.
             served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a)},
                              (logs or root) / "serve-burst.log")  # fmt: skip
             with served as (client, _):

@@ -4,8 +4,8 @@ transformer block compiled and reused; seconds) or whole (one graph; minutes, fe
 kernel launches).
 
 A job of a shape with no compiled graph yet is denoised eagerly; once its request is
-done (or when the default model is preloaded, for one image of its defaults), the compile
-thread compiles twins of the model's UNet (and VAE) made for that shape
+done (or once the worker is idle after preloading the default model, for one image of
+its defaults), the compile thread compiles twins of the model's UNet (and VAE) made for that shape
 (``runners/twins.py``). From then on, jobs of that shape use the twins. Compiled graphs go
 to a cache on disk (``runners/compile_cache.py``), so that a restarted worker does not
 compile again from scratch.

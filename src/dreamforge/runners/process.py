@@ -69,6 +69,10 @@ _CHILDREN.set_forkserver_preload(PRELOADED)
 # cost ~9% of a small job's CPU.
 QUIET_TICK_S = 0.2
 
+# How long a child waits for its next request before it counts as idle. A job waiting for
+# the child is sent the moment the previous request ends; this is many times that.
+IDLE_AFTER_S = 1.0
+
 
 def _child_main(
     conn: multiprocessing.connection.Connection,
@@ -96,6 +100,8 @@ def _child_main(
     runner = SdxlRunner(select_device(device), memory_budget_bytes, compiling)
     while True:
         try:
+            if not conn.poll(IDLE_AFTER_S):
+                runner.idle()
             request = conn.recv()
         except (EOFError, KeyboardInterrupt):
             break
@@ -303,7 +309,7 @@ class SdxlProcessRunner:
     def preload(self, model: ModelRef, defaults: ModelDefaults | None = None) -> None:
         """Start loading ``model`` in a child now, without waiting: the first job then
         finds it loaded instead of paying for the child's start and the load (and, with
-        compile on, the compile for ``defaults`` under way or done)."""
+        compile on, compiled for ``defaults`` if no job came for a while)."""
         self._start_in_background(RenderRequest(None, model, (), defaults=defaults))
 
     def _start_in_background(self, preload: RenderRequest | None = None) -> None:

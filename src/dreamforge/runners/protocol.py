@@ -60,7 +60,7 @@ class ItemToRender:
 class RenderRequest:
     """Render ``items`` of ``spec`` with ``model`` as step ``step_index`` of a job; with
     no spec, only load the model (a preload), and where the runner compiles, compile for
-    one image of its ``defaults`` ahead of any job.
+    one image of its ``defaults`` once no job comes (a job sent meanwhile is not held back).
 
     A chain step (``chain_step`` set) works on each item's parent image; ``step_model`` is
     the model it runs (the upscaler, or refine's SDXL model), ``None`` for resampling, and

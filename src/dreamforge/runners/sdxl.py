@@ -143,6 +143,12 @@ class SdxlRunner:
         )
         warnings.filterwarnings("ignore", "`upcast_vae` is deprecated", FutureWarning)
 
+    def idle(self) -> None:
+        """No request has come for a moment: start the compiles still wanted (the one a
+        preload asked for; a request's end starts those it asked for itself)."""
+        if self.compiled is not None:
+            self.compiled.compile_wanted()
+
     def report(self) -> DeviceMemory:
         """Device memory once this request's leftovers are given back, against the
         baseline of the pipelines kept loaded."""
@@ -325,10 +331,11 @@ class SdxlRunner:
         spec = request.spec
         if spec is None:  # a preload
             if self.compiled is not None and request.defaults is not None:
+                # Wanted, not started: the compile starts once the runner is idle (see
+                # ``idle``), so that a job sent while the model loaded does not wait for it.
                 defaults = request.defaults
                 one = Shape(defaults.width, defaults.height, 1, defaults.guidance_scale > 1)
                 self.compiled.want(request.model.id, request.model.sha256, pipe, one)
-                self.compiled.compile_wanted()
             return
         pipe.scheduler = self._scheduler(request.model.id, spec.scheduler, scheduler_config)
         lock = threading.Lock()  # the encoder thread and this one share the pipe
