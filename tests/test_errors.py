@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import LiveServer
 
 PROBLEM = "application/problem+json"
+LISTED = "/openapi.json lists the accepted fields"
 
 
 def create(live: LiveServer, body: Any) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def fields(problem: dict[str, Any]) -> dict[str, dict[str, str]]:
         ({"prompt": "x", "seed": -1}, "seed", "at least 0"),
         ({"prompt": "x", "seed": 2**32}, "seed", "at most"),
         ({"prompt": "x", "steps": "many"}, "steps", "whole number"),
-        ({"prompt": "x", "colour": "red"}, "colour", "remove this field"),
+        ({"prompt": "x", "colour": "red"}, "colour", f"remove this field; {LISTED}"),  # none near
     ],
 )
 def test_bad_fields_are_named_with_a_fix(
@@ -71,21 +72,49 @@ def test_a_body_that_is_not_json_is_named(live: LiveServer) -> None:
         "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
-    assert response.json()["errors"][0]["fix"] == "send a valid JSON body"
+    [error] = response.json()["errors"]
+    # Not the character offset as a field's name, as FastAPI's location has it.
+    assert error == {
+        "field": "body",
+        "message": "JSON decode error at character 1: Expecting property name enclosed in "
+        "double quotes",
+        "fix": "send a valid JSON body",
+    }
 
 
-def test_json_sent_as_a_form_is_told_to_say_it_is_json(live: LiveServer) -> None:
+def test_json_sent_as_a_form_is_an_unsupported_media_type_told_to_say_it_is_json(
+    live: LiveServer,
+) -> None:
     # What `curl -d '{...}'` sends without -H: the body is a JSON object, labelled a form.
     response = live.client.post(
         "/v1/jobs",
         content=b'{"prompt": "a lighthouse"}',
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert response.status_code == 422
-    assert response.json()["errors"][0]["fix"] == (
+    assert response.status_code == 415
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["accept-post"] == "application/json"
+    problem = response.json()
+    assert problem["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert problem["errors"][0]["fix"] == (
         "send it with the header Content-Type: application/json (this request said "
         "application/x-www-form-urlencoded)"
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "meant"),
+    [
+        ({"prompt": "x", "model": "tiny-sdxl"}, "model", "model_id"),  # other APIs' name
+        ({"prompt": "x", "stepz": 3}, "stepz", "steps"),
+        ({"prompt": "x", "then": [{"type": "upscale", "scal": 2}]}, "then.0.upscale.scal", "scale"),
+    ],
+)
+def test_a_misspelt_field_is_told_the_name_it_likely_meant(
+    live: LiveServer, body: dict[str, Any], field: str, meant: str
+) -> None:
+    fix = fields(create(live, body))[field]["fix"]
+    assert fix == f"remove this field, or did you mean {meant}? {LISTED}"
 
 
 def test_refused_requests_leave_no_job_behind(live: LiveServer) -> None:
@@ -125,6 +154,21 @@ def test_query_parameters_are_validated_too(live: LiveServer) -> None:
 
 
 def test_unknown_routes_are_problems_too(live: LiveServer) -> None:
-    response = live.client.get("/v1/nothing-here")
-    assert response.status_code == 404
-    assert response.headers["content-type"] == PROBLEM
+    for response in (live.client.get("/v1/nothing-here"), live.client.options("/v1/nothing-here")):
+        assert response.status_code == 404
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["detail"] == (
+            "nothing is at /v1/nothing-here; /openapi.json lists the API's paths"
+        )
+
+
+def test_a_method_a_path_does_not_have_is_405_with_the_ones_it_has(live: LiveServer) -> None:
+    response = live.client.delete("/v1/jobs")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, OPTIONS, POST"
+    problem = response.json()
+    assert problem["code"] == "METHOD_NOT_ALLOWED"  # not a VALIDATION_ERROR: no field is wrong
+    assert (
+        problem["detail"]
+        == "DELETE is not allowed on /v1/jobs; use one of GET, HEAD, OPTIONS, POST"
+    )

@@ -30,5 +30,5 @@ def install(app: FastAPI) -> None:
     def options(request: Request) -> Response:
         methods = allowed_methods(app, request)
         if methods == ["OPTIONS"]:  # no such path
-            raise HTTPException(404, f"there is nothing at {request.url.path}")
+            raise HTTPException(404)  # the problem handler says what there is instead
         return Response(status_code=204, headers={"Allow": ", ".join(methods)})

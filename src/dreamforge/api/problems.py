@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
@@ -32,6 +35,8 @@ PROBLEM_JSON = "application/problem+json"
 TITLES: dict[ErrorCode, str] = {
     ErrorCode.VALIDATION_ERROR: "The request is not valid",
     ErrorCode.NOT_FOUND: "Not found",
+    ErrorCode.METHOD_NOT_ALLOWED: "Method not allowed",
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: "Unsupported media type",
     ErrorCode.CONFLICT: "The request conflicts with the resource's state",
     ErrorCode.IDEMPOTENCY_KEY_REUSED: "Idempotency-Key used with another request",
     ErrorCode.MODEL_NOT_FOUND: "Unknown model",
@@ -78,12 +83,18 @@ def rfc9457(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _fix_for(error: dict[str, Any], media: str) -> str:
+_LISTED = "/openapi.json lists the accepted fields"
+
+
+def _fix_for(error: dict[str, Any], media: str, known: Collection[str]) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
-    if kind in ("model_attributes_type", "dict_type") and "json" not in media:
-        # Only a body labelled JSON is read as JSON: `curl -d '{...}'` sends a JSON object
-        # labelled a form, which "send a JSON object" would not explain.
+    if _mislabelled(error, media):
         return f"send it with the header Content-Type: application/json (this request said {media})"
+    if kind == "extra_forbidden":
+        name = str(error["loc"][-1])
+        near = difflib.get_close_matches(name, [k for k in known if k != name], 1, 0.7)
+        if near:  # a typo, or another API's name for it ("model" for "model_id")
+            return f"remove this field, or did you mean {near[0]}? {_LISTED}"
     fixes = {
         "missing": "add this required field",
         "string_too_short": "send a non-empty value",
@@ -94,7 +105,7 @@ def _fix_for(error: dict[str, Any], media: str) -> str:
         "less_than_equal": f"use a value of at most {ctx.get('le')}",
         "less_than": f"use a value below {ctx.get('lt')}",
         "enum": f"use one of {ctx.get('expected')}",
-        "extra_forbidden": "remove this field; /openapi.json lists the accepted fields",
+        "extra_forbidden": f"remove this field; {_LISTED}",
         "union_tag_invalid": f"use one of {ctx.get('expected_tags')}",
         "union_tag_not_found": 'say which kind of step it is, e.g. "type": "upscale"',
         "too_long": f"send at most {ctx.get('max_length')} of them",
@@ -113,18 +124,49 @@ def _fix_for(error: dict[str, Any], media: str) -> str:
     return "see the request schema in /openapi.json"
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
+def _mislabelled(error: dict[str, Any], media: str) -> bool:
+    """The body was not read as JSON because its Content-Type said otherwise: only a body
+    labelled JSON is read as JSON, and `curl -d '{...}'` labels a JSON object a form."""
+    return error["type"] in ("model_attributes_type", "dict_type") and "json" not in media
+
+
+def _field_name(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "json_invalid":
+        return "body"  # its location is a character offset, said in the message
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
 
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error")
+        return f"{error['msg']} at character {error['loc'][-1]}" + (f": {reason}" if reason else "")
+    return str(error["msg"])
+
+
 def validation_problems(
-    errors: list[dict[str, Any]], media: str = "application/json"
+    errors: list[dict[str, Any]],
+    media: str = "application/json",
+    known: Collection[str] = (),
 ) -> list[FieldProblem]:
-    """Each error's field, message and fix; ``media``: the body's Content-Type."""
-    return [
-        FieldProblem(_field_name(tuple(e["loc"])), e["msg"], _fix_for(e, media)) for e in errors
-    ]
+    """Each error's field, message and fix; ``media``: the body's Content-Type;
+    ``known``: the field names the API accepts, for a misspelt one's fix."""
+    return [FieldProblem(_field_name(e), _message(e), _fix_for(e, media, known)) for e in errors]
+
+
+def body_fields(request: Request) -> frozenset[str]:
+    """Every field name the route's JSON body may hold, nested ones too (none if it
+    takes no body): the names a misspelt field is compared with."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    return _schema_fields(body.field_info.annotation) if body is not None else frozenset()
+
+
+@functools.cache
+def _schema_fields(annotation: Any) -> frozenset[str]:
+    schema = TypeAdapter(annotation).json_schema()
+    schemas = [schema, *schema.get("$defs", {}).values()]
+    return frozenset(name for each in schemas for name in each.get("properties", {}))
 
 
 class Renderer(Protocol):
@@ -154,7 +196,16 @@ def install(app: FastAPI, dialects: Mapping[str, Renderer] | None = None) -> Non
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         media = request.headers.get("content-type") or "application/json"  # none: read as JSON
-        problems = validation_problems(list(exc.errors()), media)
+        errors = list(exc.errors())
+        problems = validation_problems(errors, media, body_fields(request))
+        if any(_mislabelled(e, media) for e in errors):
+            [fix] = {p.fix for p in problems if p.field == "body"}
+            detail = f"this route reads a JSON body, not {media}"
+            body = FieldProblem("body", detail, fix)
+            return renderer(request)(
+                415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, detail, request.url.path, [body],
+                {"Accept-Post": "application/json"},
+            )  # fmt: skip
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
         return renderer(request)(
             422, ErrorCode.VALIDATION_ERROR, detail, request.url.path, problems
@@ -180,18 +231,23 @@ def install(app: FastAPI, dialects: Mapping[str, Renderer] | None = None) -> Non
             )
         code = {
             404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.METHOD_NOT_ALLOWED,
             403: ErrorCode.FORBIDDEN,
             401: ErrorCode.UNAUTHORIZED,
         }.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
         headers = dict(getattr(exc, "headers", None) or {})
+        detail = str(exc.detail)
+        path = request.url.path
+        nowhere = f"nothing is at {path}; /openapi.json lists the API's paths"
         if exc.status_code == 405:  # every method the path has, not the first route's
             methods = allowed_methods(request.app, request)
             if methods == ["OPTIONS"]:  # only the catch-all OPTIONS route matched
-                return renderer(request)(404, ErrorCode.NOT_FOUND, "Not Found", request.url.path)
+                return renderer(request)(404, ErrorCode.NOT_FOUND, nowhere, path)
             headers["Allow"] = ", ".join(methods)
-        return renderer(request)(
-            exc.status_code, code, str(exc.detail), request.url.path, headers=headers
-        )
+            detail = f"{request.method} is not allowed on {path}; use one of {headers['Allow']}"
+        elif exc.status_code == 404 and detail == "Not Found":  # no route, not a missing id
+            detail = nowhere
+        return renderer(request)(exc.status_code, code, detail, path, headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
