@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dreamforge.domain.quotas import Quota
 from dreamforge.domain.retries import RetryPolicy
+from dreamforge.runners.compile_options import CompileScope, CompileWhen
 
 
 class Settings(BaseSettings):
@@ -140,13 +141,13 @@ class Settings(BaseSettings):
         description="How long a worker waits for jobs to batch with before it starts; "
         "0: it takes what is queued now. No job waits longer than this for a batch.",
     )
-    compile_unet: Literal["auto", "on", "off"] = Field(
+    compile_unet: CompileWhen = Field(
         "auto",
         description="Compile the UNet (see compile_scope) in the background; the first "
         "images of a shape render eagerly meanwhile. auto: on CUDA only; CPU and MPS stay "
         "eager.",
     )
-    compile_scope: Literal["regions", "unet"] = Field(
+    compile_scope: CompileScope = Field(
         "regions",
         description="What is compiled. regions: each transformer block, compiled once and "
         "reused (seconds to compile); unet: the whole UNet as one graph (minutes to "

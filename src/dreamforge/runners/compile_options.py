@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+CompileWhen = Literal["auto", "on", "off"]
 CompileScope = Literal["regions", "unet"]
 
 
@@ -16,7 +17,7 @@ class CompileOptions:
     (regions) or the whole UNet; ``vae``: its decoder too. Compiled graphs are kept in
     ``cache_dir`` across restarts."""
 
-    when: Literal["auto", "on", "off"] = "off"
+    when: CompileWhen = "off"
     scope: CompileScope = "regions"
     vae: bool = False
     cache_dir: Path | None = None
