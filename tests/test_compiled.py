@@ -273,6 +273,31 @@ def test_a_preload_compiles_for_one_image_of_the_models_defaults_once_the_runner
     runner.compiled.stop()
 
 
+def test_a_shape_a_job_asked_for_compiles_before_the_one_a_preload_foresaw(
+    tiny_model_dir: Path,
+) -> None:
+    """A job that came while the model loaded is of a shape someone uses; the preload's
+    is a guess. On the H200 each compile is seconds from a warm cache, minutes cold."""
+    runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
+    assert runner.compiled is not None
+    defaults = ModelDefaults(width=64, height=64, steps=3, guidance_scale=5.0)
+    runner.generate(
+        RenderRequest(None, tiny_model_ref(tiny_model_dir), (), defaults=defaults),
+        [].append,
+        bool,
+    )
+    unguided = SPEC.model_copy(update={"guidance_scale": 1.0})
+    request = RenderRequest(unguided, tiny_model_ref(tiny_model_dir), (ItemToRender(0, 5),))
+    runner.generate(request, [].append, bool)  # its end starts the compiles
+    runner.compiled.wait()
+    notes = runner.compiled.take_notes()
+    runner.compiled.stop()
+    assert [re.sub(r" in .*", "", note) for note in notes] == [
+        "compiled the UNet by regions for 64x64 x1",
+        "compiled the UNet by regions for 64x64 x1 (guided)",
+    ], notes
+
+
 def test_a_runner_process_starts_the_preloads_compile_when_no_request_comes(
     tiny_model_dir: Path,
 ) -> None:

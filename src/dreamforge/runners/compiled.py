@@ -75,7 +75,10 @@ class CompiledModules:
         self._twins: dict[str, _Twins] = {}
         self._lock = threading.Lock()  # guards the bookkeeping
         self._running = threading.Lock()  # held by a denoise or a compile, never both
+        # Shapes to compile, in order: the ones jobs asked for, then the ones foreseen
+        # (a preload's), which no one waits for yet.
         self._wanted: list[tuple[_Twins, StableDiffusionXLPipeline, Shape]] = []
+        self._foreseen: list[tuple[_Twins, StableDiffusionXLPipeline, Shape]] = []
         self._compiled_here: set[str] = set()  # compile_listing()s: the compile thread's
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="dreamforge-compile")
         self._futures: list[Future[None]] = []
@@ -95,6 +98,7 @@ class CompiledModules:
         with self._lock:
             dropped = [self._twins.pop(m) for m in model_ids if m in self._twins]
             self._wanted = [w for w in self._wanted if w[0] not in dropped]
+            self._foreseen = [w for w in self._foreseen if w[0] not in dropped]
         if dropped:
             del dropped
             # A compiled module refers to itself, so only the collector frees it, and what
@@ -161,11 +165,18 @@ class CompiledModules:
     def want(
         self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
     ) -> None:
-        """Compile for ``shape`` ahead of any job of it (``compile_wanted`` starts it)."""
-        self._want(model_id, sha256, pipe, shape)
+        """Compile for ``shape`` ahead of any job of it (``compile_wanted`` starts it),
+        though after the shapes that jobs asked for meanwhile."""
+        self._want(model_id, sha256, pipe, shape, foreseen=True)
 
     def _want(
-        self, model_id: str, sha256: str, pipe: StableDiffusionXLPipeline, shape: Shape
+        self,
+        model_id: str,
+        sha256: str,
+        pipe: StableDiffusionXLPipeline,
+        shape: Shape,
+        *,
+        foreseen: bool = False,
     ) -> tuple[_Twins, bool]:
         """The model's twins, and whether they are warm for ``shape``; if not, the shape
         is wanted, once."""
@@ -177,7 +188,7 @@ class CompiledModules:
             warm = shape in twins.shapes
             if not warm and shape not in twins.pending:
                 twins.pending.add(shape)
-                self._wanted.append((twins, pipe, shape))
+                (self._foreseen if foreseen else self._wanted).append((twins, pipe, shape))
             return twins, warm
 
     def exclusive(self) -> threading.Lock:
@@ -188,7 +199,8 @@ class CompiledModules:
         """Start compiling the shapes asked for so far (call it once a request is done:
         its later micro-batches must not wait behind the compile)."""
         with self._lock:
-            wanted, self._wanted = self._wanted, []
+            wanted = self._wanted + self._foreseen
+            self._wanted, self._foreseen = [], []
             self._futures = [f for f in self._futures if not f.done()]  # a worker's life long
             for twins, pipe, shape in wanted:
                 # Held weakly: a model unloaded meanwhile goes at once, and its weights with
