@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from typer.testing import CliRunner
 from dreamforge import cli_remote
 from dreamforge.artifacts.receipts import read_receipt
 from dreamforge.cli import app
+from dreamforge.runners.fake import FakeRunner
 from tests.conftest import free_port
 from tests.helpers import submit, wait_for
-from tests.test_lifecycle import FakeServer, fake  # noqa: F401 - the fixture
+from tests.test_lifecycle import PLANS, FakeServer, serving_fake
 
 CLI = [sys.executable, "-m", "dreamforge.cli"]
 
@@ -29,7 +31,18 @@ def dreamforge(*args: str, url: str, timeout: float = 120) -> subprocess.Complet
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_generate_saves_each_image_with_its_receipt(fake: FakeServer, tmp_path: Path) -> None:  # noqa: F811
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
+    """The embedded profile on the fake runner, 10 ms a step, with the default time limit:
+    the jobs canceled here are long, and a loaded machine can take seconds to deliver a
+    Ctrl-C (under test_lifecycle's 2 s limit, such a job once timed out first)."""
+    with serving_fake(
+        tmp_path_factory.mktemp("cli"), tiny_model_dir, FakeRunner(step_s=0.01, plans=PLANS)
+    ) as server:
+        yield server
+
+
+def test_generate_saves_each_image_with_its_receipt(fake: FakeServer, tmp_path: Path) -> None:
     url = str(fake.client.base_url)
     out = tmp_path / "images"
     done = dreamforge(
@@ -43,7 +56,7 @@ def test_generate_saves_each_image_with_its_receipt(fake: FakeServer, tmp_path: 
     assert all(str(p) in done.stdout for p in saved)
 
 
-def test_generate_says_what_is_wrong_and_where(fake: FakeServer, tmp_path: Path) -> None:  # noqa: F811
+def test_generate_says_what_is_wrong_and_where(fake: FakeServer, tmp_path: Path) -> None:
     refused = dreamforge(
         "generate", "too big", "--size", "4096x4096", url=str(fake.client.base_url)
     )
@@ -59,7 +72,7 @@ def test_generate_says_what_is_wrong_and_where(fake: FakeServer, tmp_path: Path)
     assert missing.returncode == 1 and f"no Dream Forge answering at {nowhere}" in missing.stderr
 
 
-def test_ctrl_c_cancels_the_job(fake: FakeServer, tmp_path: Path) -> None:  # noqa: F811
+def test_ctrl_c_cancels_the_job(fake: FakeServer, tmp_path: Path) -> None:
     url = str(fake.client.base_url)
     before = {j["id"] for j in fake.client.get("/v1/jobs?limit=100").json()["data"]}
     process = subprocess.Popen(
@@ -88,7 +101,7 @@ def test_ctrl_c_cancels_the_job(fake: FakeServer, tmp_path: Path) -> None:  # no
 
 
 def test_jobs_list_show_logs_and_cancel(
-    fake: FakeServer,  # noqa: F811
+    fake: FakeServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = str(fake.client.base_url)
