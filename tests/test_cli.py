@@ -78,6 +78,23 @@ def test_serve_on_an_empty_data_dir_can_generate_at_once(tmp_path: Path) -> None
     assert "job_id=" not in preloaded[0]  # heard during the first job, but not its own
 
 
+@pytest.mark.slow
+def test_serve_begins_the_pipeline_processes_imports_before_any_job(tmp_path: Path) -> None:
+    """With no model to preload, the first job would otherwise pay for the fork server's
+    imports (torch, transformers: seconds) itself."""
+    settings = Settings(data_dir=tmp_path / "data", create_default_model=False)
+    server = Serve(settings.data_dir, tmp_path / "serve.log", settings=settings)
+    server.start()
+    try:
+        children = psutil.Process(server.pid).children()
+        commands = [" ".join(p.cmdline()) for p in children]
+        assert any("multiprocessing.forkserver" in c for c in commands), commands
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/v1/models").json()["data"] == []  # nothing was preloaded
+    finally:
+        server.stop(signal.SIGTERM)
+
+
 @pytest.mark.parametrize("command", [["serve"], ["api"], ["api", "--workers", "2"]])
 def test_a_port_in_use_is_said_at_once_and_nothing_starts(
     tmp_path: Path, command: list[str]

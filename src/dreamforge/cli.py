@@ -90,12 +90,13 @@ def serve(
     insecure_no_auth: InsecureNoAuth = False,
 ) -> None:
     """Run everything in one process: API, worker, SQLite and local files."""
-    from dreamforge.api.app import create_app
-    from dreamforge.runtime import Runtime
-
     _configure_logging()
     settings = _settings(data_dir, host=host, port=port)
     sock = _listen(settings)
+    _start_fork_server()
+    from dreamforge.api.app import create_app
+    from dreamforge.runtime import Runtime
+
     runtime = Runtime.build(settings)
     runtime.prepare()
     _check_access(runtime, settings, insecure_no_auth)
@@ -106,6 +107,16 @@ def serve(
     )
     _warn_if_links_point_nowhere(settings)
     _serve(create_app(runtime, run_worker=True), sock, settings)
+
+
+def _start_fork_server() -> None:
+    """The pipeline process's imports (torch and the rest, seconds), begun before this
+    process's own rather than after them: the first image comes sooner (see
+    docs/benchmarks.md), and a server with no model to preload has them done before its
+    first job."""
+    from dreamforge.runners.process import start_fork_server
+
+    start_fork_server()
 
 
 def _listen(settings: Settings) -> socket.socket:
@@ -243,9 +254,11 @@ def worker(
     data_dir: DataDir = None,
 ) -> None:
     """Run jobs from the broker until SIGTERM (distributed profile)."""
+    chosen = {q.value for q in queues}
+    if GPU_QUEUE in chosen:
+        _start_fork_server()
     from dreamforge.runtime import Runtime
 
-    chosen = {q.value for q in queues}
     _configure_logging()
     settings = _settings(data_dir)
     runtime = Runtime.build(settings, serves_streams=False)

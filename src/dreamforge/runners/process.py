@@ -11,6 +11,7 @@ import contextlib
 import gc
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import select
 import threading
@@ -60,6 +61,15 @@ PRELOADED = [
 ]
 _CHILDREN = multiprocessing.get_context("forkserver")
 _CHILDREN.set_forkserver_preload(PRELOADED)
+
+
+def start_fork_server() -> None:
+    """Start the server that pipeline processes fork from now, without waiting for its
+    imports (seconds: transformers alone takes two on a small CPU). A command calls it
+    first thing, so those imports overlap its own start instead of following it: the
+    first job, or the preload of the default model, finds them done or under way."""
+    multiprocessing.forkserver.ensure_running()
+
 
 # How long the relay waits on a silent child before it ticks anyway. The worker also ticks
 # after every message (the child sends one at least every progress interval while it
