@@ -75,13 +75,20 @@ def test_generate_says_what_is_wrong_and_where(fake: FakeServer, tmp_path: Path)
 def test_ctrl_c_cancels_the_job(fake: FakeServer, tmp_path: Path) -> None:
     url = str(fake.client.base_url)
     before = {j["id"] for j in fake.client.get("/v1/jobs?limit=100").json()["data"]}
-    process = subprocess.Popen(
-        [*CLI, "generate", "slow", "--count", "2", "--steps", "150", "--out", str(tmp_path)],
-        env={**os.environ, "DREAMFORGE_URL": url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # As from a terminal: a command started by a background job (as CI may be) inherits
+    # SIGINT ignored, and would never see the Ctrl-C. A signal handled here is reset to its
+    # default in the child.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [*CLI, "generate", "slow", "--count", "2", "--steps", "150", "--out", str(tmp_path)],
+            env={**os.environ, "DREAMFORGE_URL": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     deadline = time.monotonic() + 60
     while True:
         running = [
