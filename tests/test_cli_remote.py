@@ -34,8 +34,8 @@ def dreamforge(*args: str, url: str, timeout: float = 120) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[FakeServer]:
     """The embedded profile on the fake runner, 10 ms a step, with the default time limit:
-    the jobs canceled here are long, and a loaded machine can take seconds to deliver a
-    Ctrl-C (under test_lifecycle's 2 s limit, such a job once timed out first)."""
+    the jobs canceled here run for seconds, and under test_lifecycle's 2 s limit a cancel
+    had to land within 2 s of the job's start or the job timed out instead."""
     with serving_fake(
         tmp_path_factory.mktemp("cli"), tiny_model_dir, FakeRunner(step_s=0.01, plans=PLANS)
     ) as server:
