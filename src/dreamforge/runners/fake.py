@@ -123,6 +123,7 @@ class FakeRunner:
     model_bytes: int = 2**30  # each loaded model's weights on the device
     rendered: list[tuple[str, int]] = field(default_factory=list)  # (prompt, seed) per image
     renders: Counter[str] = field(default_factory=Counter)  # render requests per prompt
+    stepped: Counter[str] = field(default_factory=Counter)  # denoising steps done per prompt
     preloaded: list[tuple[str, ModelDefaults | None]] = field(default_factory=list)
     _loaded: set[str] = field(default_factory=set)
     _tries: Counter[str] = field(default_factory=Counter)  # renders of a plan's step
@@ -219,6 +220,7 @@ class FakeRunner:
                     failed = self._meet(trouble, tick)
                     if failed is not None:
                         return failed
+                self.stepped[spec.prompt] += 1
                 on_message(StepDone((item.index,), step, spec.steps))
                 decision = tick()
                 if decision is Tick.CANCEL:
