@@ -8,6 +8,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,7 @@ import httpx
 import pytest
 
 from dreamforge.artifacts.receipts import read_receipt
-from dreamforge.config import Settings
 from dreamforge.runners.fake import FakeRunner
-from tests.conftest import ApiThread, free_port, register_tiny
 from tests.helpers import read_stream, submit, wait_for
 from tests.test_lifecycle import FakeServer, serving_fake
 
@@ -100,26 +99,75 @@ def test_a_canceled_job_leaves_the_batch_and_the_others_finish(fake: FakeServer)
     assert fake.client.get(first["links"]["artifacts"]).json()["data"] == []
 
 
+@contextmanager
+def windowed(
+    data_dir: Path, tiny_model_dir: Path, window_s: float, max_batch: int, step_s: float = 0.01
+) -> Iterator[httpx.Client]:
+    """A client of a server of its own whose worker waits ``window_s`` for companions."""
+    runner = FakeRunner(step_s=step_s)
+    settings = {"max_batch_size": max_batch, "batch_window_s": window_s}
+    with serving_fake(data_dir, tiny_model_dir, runner, **settings) as server:
+        yield server.client
+
+
+def started(client: httpx.Client, job: dict[str, Any]) -> tuple[datetime, str]:
+    """When the job's worker started it (after gathering its batch), and what it said."""
+    lines = [json.loads(line) for line in client.get(job["links"]["logs"]).text.splitlines()]
+    (line,) = [line for line in lines if line["message"].startswith("started on worker")]
+    return datetime.fromisoformat(line["ts"]), line["message"]
+
+
+def seconds_between(earlier: str | datetime, later: datetime) -> float:
+    since = earlier if isinstance(earlier, datetime) else datetime.fromisoformat(earlier)
+    return (later - since).total_seconds()
+
+
 def test_a_worker_waits_its_window_for_companions_and_no_longer(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path, port=free_port(), max_batch_size=6, batch_window_s=1.5)  # type: ignore[call-arg]
-    register_tiny(settings.resolved_database_url, tiny_model_dir)
-    with (
-        ApiThread(settings, run_worker=True, runner=FakeRunner(step_s=0.01)) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
+    with windowed(tmp_path, tiny_model_dir, window_s=1.5, max_batch=6) as client:
         first = submit(client, prompt="early", steps=3)
         time.sleep(0.5)  # within the window: it joins the first job's batch
         second = submit(client, prompt="in time", steps=3)
-        done = [wait_for(client, job["id"], {"succeeded"}) for job in (first, second)]
-        for job in done:
-            log = client.get(job["links"]["logs"]).text
-            assert "in one device batch with 1 other job(s)" in log, log
+        for job in (first, second):
+            wait_for(client, job["id"], {"succeeded"})
+            assert "in one device batch with 1 other job(s)" in started(client, job)[1]
         alone = submit(client, prompt="late", steps=3)  # nobody comes: it starts after the window
         job = wait_for(client, alone["id"], {"succeeded"})
-        lines = [json.loads(line) for line in client.get(job["links"]["logs"]).text.splitlines()]
-        assert not any("device batch" in line["message"] for line in lines)
-        (started,) = [line for line in lines if line["message"].startswith("started on worker")]
-        waited = datetime.fromisoformat(started["ts"]) - datetime.fromisoformat(job["created_at"])
-        assert 1.4 <= waited.total_seconds() < 5, waited  # the window, and not much more
+        at, message = started(client, job)
+        assert "device batch" not in message
+        waited = seconds_between(job["created_at"], at)
+        assert 1.4 <= waited < 5, waited  # the window, and not much more
+
+
+def test_a_full_batch_starts_without_waiting_out_the_window(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with windowed(tmp_path, tiny_model_dir, window_s=8, max_batch=2) as client:
+        first = submit(client, prompt="first of two", steps=3)
+        second = submit(client, prompt="second of two", steps=3)
+        wait_for(client, second["id"], {"succeeded"})
+        at, message = started(client, first)
+        assert "in one device batch with 1 other job(s)" in message
+        # Polled every 0.8 s (a tenth of the window): full at the first look after the
+        # second job came, 7 s before the window's end.
+        assert seconds_between(second["created_at"], at) < 3
+
+
+def test_jobs_that_queued_longer_than_the_window_start_at_once(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with windowed(tmp_path, tiny_model_dir, window_s=2, max_batch=6, step_s=0.02) as client:
+        blocker = submit(client, prompt="blocker", steps=150, width=72, share_batch=False)
+        read_stream(client, blocker["id"], until=lambda e: e.data.get("step", 0) >= 1)
+        queued = [submit(client, prompt=f"queued {i}", steps=3) for i in range(2)]
+        finished_at = datetime.fromisoformat(
+            wait_for(client, blocker["id"], {"succeeded"})["finished_at"]
+        )
+        assert seconds_between(queued[1]["created_at"], finished_at) > 2, "outlasts the window"
+        wait_for(client, queued[0]["id"], {"succeeded"})
+        at, message = started(client, queued[0])
+        # They queued together, so they batch together; the batch is not full, but its
+        # jobs have waited their window already.
+        assert "in one device batch with 1 other job(s)" in message
+        assert seconds_between(finished_at, at) < 1.5

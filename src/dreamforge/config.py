@@ -138,8 +138,9 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         le=10,
-        description="How long a worker waits for jobs to batch with before it starts; "
-        "0: it takes what is queued now. No job waits longer than this for a batch.",
+        description="How long after a job was queued a worker may wait for jobs to batch "
+        "with it; a full batch starts at once. 0: it takes what is queued now. No job waits "
+        "longer than this for a batch; a lone job waits all of it.",
     )
     compile_unet: CompileWhen = Field(
         "auto",

@@ -147,14 +147,33 @@ class JobLifecycle:
     def _companions(self, job: Job) -> list[Job]:
         """Queued jobs to denoise with ``job`` in one device batch, claimed for this
         worker: of its shape, never run before, oldest first, as many items as the
-        device batch holds. None when batching is off or the job cannot share."""
+        device batch holds. None when batching is off or the job cannot share.
+
+        A batch that is not full waits for companions until the window has passed since
+        the job was queued: a burst's first job gathers the jobs sent with it, while a
+        job that queued behind others (its companions queued with it), or a full batch,
+        starts at once."""
         room = self._driver.max_batch - job.spec.count
         if self._batch_window_s is None or job.attempts > 1 or room <= 0:
             return []
         if not job.spec.shareable:
             return []
-        if self._batch_window_s:
-            time.sleep(self._batch_window_s)  # the most any job waits to be batched
+        queued_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+        # Clamped: the API's and the worker's clocks may differ (distributed profile).
+        wait_s = min(self._batch_window_s, max(0.0, self._batch_window_s - queued_s))
+        deadline = time.monotonic() + wait_s
+        claimed = self._claim_companions(job, room)
+        room -= sum(other.spec.count for other in claimed)
+        poll_s = max(0.01, self._batch_window_s / 10)  # a few reads of the queue a window
+        while room > 0 and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, poll_s))
+            more = self._claim_companions(job, room)
+            room -= sum(other.spec.count for other in more)
+            claimed += more
+        return claimed
+
+    def _claim_companions(self, job: Job, room: int) -> list[Job]:
+        """Claim queued jobs that batch with ``job``, up to ``room`` items, oldest first."""
         claimed: list[Job] = []
         for other in self._jobs.never_run(limit=50, skip=job.id):
             if other.spec.count > room or not job.spec.batches_with(other.spec):
