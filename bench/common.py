@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,26 @@ def run_job_read(
         client.get(job["links"]["self"]).raise_for_status()
     artifact = client.get(job["links"]["artifacts"]).json()["data"][0]
     return job, client.get(artifact["url"]).raise_for_status().content
+
+
+_BATCH_NOTE = re.compile(r"in one device batch with (\d+) other job")
+
+
+def device_batches(client: httpx.Client, jobs: list[dict[str, Any]]) -> float:
+    """How many device batches ``jobs`` were rendered in, from their logs ("in one device
+    batch with N other job(s)"): each job's share of its batch, summed."""
+    shares = 0.0
+    for job in jobs:
+        found = _BATCH_NOTE.search(client.get(job["links"]["logs"]).text)
+        shares += 1 / (int(found[1]) + 1) if found else 1.0
+    return shares
+
+
+def arrival_spread_s(jobs: list[dict[str, Any]]) -> float:
+    """Seconds from the first of ``jobs`` to be queued to the last: how long a burst took
+    to arrive, the window a worker needs to gather it."""
+    created = [datetime.fromisoformat(job["created_at"]) for job in jobs]
+    return (max(created) - min(created)).total_seconds()
 
 
 class BarePipeline:

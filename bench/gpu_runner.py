@@ -1,7 +1,7 @@
 """The fast runner on a GPU: compiled against eager (and channels-last against the default
 layout), the service (one job at a time, and a burst of 16 jobs of one shape, batched
-across jobs) against a bare diffusers loop, compile time with a cold and a warm cache, and
-the first image from process start.
+across jobs; then both again with a 100 ms batch window) against a bare diffusers loop,
+compile time with a cold and a warm cache, and the first image from process start.
 
 The model has SDXL's real shapes and random weights in fp16, built here (nothing is
 downloaded) and saved to a temporary folder that the service registers. Targets on an
@@ -40,6 +40,8 @@ import httpx
 
 from bench.common import (
     EmbeddedServer,
+    arrival_spread_s,
+    device_batches,
     elapsed,
     one_item_request,
     print_figures,
@@ -211,21 +213,29 @@ def burst_figures(
     figures: dict[str, float] = {}
     with ThreadPoolExecutor(BURST) as pool:
 
-        def burst() -> tuple[float, int]:
+        def burst() -> tuple[float, int, float]:
             started = time.perf_counter()
             done = list(pool.map(lambda seed: run_job_read(client, seed, spec), range(BURST)))
-            return time.perf_counter() - started, sum(compiled(png) for _, png in done)
+            seconds = time.perf_counter() - started
+            jobs = [job for job, _ in done]
+            batches, spread_s = device_batches(client, jobs), arrival_spread_s(jobs)
+            warm = sum(compiled(png) for _, png in done)
+            say(f"burst of {BURST}: {seconds:.2f} s, {batches:.0f} batches, {warm} compiled, "
+                f"arrived over {1000 * spread_s:.0f} ms")  # fmt: skip
+            return seconds, warm, batches
 
         # The shapes' first batches run eager while a helper process compiles them.
         until = time.perf_counter() + COMPILE_WAIT_S
         while True:
-            seconds, warm = burst()
-            say(f"burst of {BURST}: {seconds:.2f} s, {warm} images compiled")
+            seconds, warm, batches = burst()
             if warm == BURST or time.perf_counter() > until or over(budget):
                 break
-        seconds, warm = burst()
-        say(f"burst of {BURST}: {seconds:.2f} s, {warm} images compiled")
-        figures |= {"burst": bare_per_image * BURST / seconds, "burst_compiled": warm / BURST}
+        seconds, warm, batches = burst()
+        figures |= {
+            "burst": bare_per_image * BURST / seconds,
+            "burst_compiled": warm / BURST,
+            "burst_batches": batches,
+        }
     until = time.perf_counter() + COMPILE_WAIT_S
     seed = 0
     while not compiled(run_job_read(client, seed, spec)[1]):  # until one at a time is
@@ -351,17 +361,23 @@ def main() -> None:
             "DREAMFORGE_CREATE_DEFAULT_MODEL": "false",
         }
 
-        def bursts() -> None:
+        def bursts(window_s: float = 0.0) -> None:
             # On the 1024 phase's cache: the service compiles the model's default image
             # (1024x1024) too, after the first request, from there in seconds rather than
             # cold ahead of the burst's shapes.
-            served = serving(data, {**env, "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a)},
-                             (logs or root) / "serve-burst.log")  # fmt: skip
+            name = f"_window_{window_s * 1000:.0f}ms" if window_s else ""
+            served_env = {
+                **env,
+                "DREAMFORGE_COMPILE_CACHE_DIR": str(cache_a),
+                "DREAMFORGE_BATCH_WINDOW_S": str(window_s),
+            }
+            served = serving(data, served_env, (logs or root) / f"serve-burst{name}.log")
             with served as (client, _):
                 found = burst_figures(client, bare, budget)
-            figures["burst_vs_bare_512"] = found["burst"]
-            figures["burst_images_compiled"] = found["burst_compiled"]
-            figures["one_at_a_time_vs_bare_512"] = found["single"]
+            figures[f"burst_vs_bare_512{name}"] = found["burst"]
+            figures[f"burst_device_batches{name}"] = found["burst_batches"]
+            figures[f"burst_images_compiled{name}"] = found["burst_compiled"]
+            figures[f"one_at_a_time_vs_bare_512{name}"] = found["single"]
 
         def first_image() -> None:
             # A fresh process on the cache the 1024 phase filled.
@@ -382,6 +398,9 @@ def main() -> None:
         phase("first image, warm cache", budget, first_image)
         phase("a burst of 16 and one at a time, 512", budget, bursts)
         phase("compiled vs eager, 512", budget, lambda: compare("512", *SMALL, root / "cache-c"))
+        # A window lets a burst's first job gather the jobs sent with it (one device batch
+        # fewer), at the price of the window for a job that comes alone (bench/batch_window.py).
+        phase("the burst and one at a time, 100 ms batch window", budget, lambda: bursts(0.1))
 
     print_figures(DRY, figures)
 
