@@ -162,15 +162,16 @@ class JobLifecycle:
         # Clamped: the API's and the worker's clocks may differ (distributed profile).
         wait_s = min(self._batch_window_s, max(0.0, self._batch_window_s - queued_s))
         deadline = time.monotonic() + wait_s
-        claimed = self._claim_companions(job, room)
-        room -= sum(other.spec.count for other in claimed)
         poll_s = max(0.01, self._batch_window_s / 10)  # a few reads of the queue a window
-        while room > 0 and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, poll_s))
+        claimed: list[Job] = []
+        while True:
             more = self._claim_companions(job, room)
             room -= sum(other.spec.count for other in more)
             claimed += more
-        return claimed
+            left = deadline - time.monotonic()
+            if room <= 0 or left <= 0:
+                return claimed
+            time.sleep(min(left, poll_s))
 
     def _claim_companions(self, job: Job, room: int) -> list[Job]:
         """Claim queued jobs that batch with ``job``, up to ``room`` items, oldest first."""
