@@ -21,7 +21,7 @@ from contextlib import ExitStack
 
 import httpx
 
-from bench.common import EmbeddedServer, arrival_spread_s, device_batches, run_job_read
+from bench.common import Burst, EmbeddedServer, run_job_read, send_burst
 
 SPEC = {"prompt": "a lighthouse at dawn", "width": 64, "height": 64, "steps": 8}
 BURST = 16
@@ -34,19 +34,18 @@ class Side:
 
     def __init__(self, client: httpx.Client, pool: ThreadPoolExecutor) -> None:
         self.client, self.pool = client, pool
-        self.burst_s: list[float] = []
-        self.batches: list[float] = []
-        self.spread_s: list[float] = []
+        self.bursts: list[Burst] = []
         self.lone_s: list[float] = []
 
     def burst(self, round_: int) -> None:
         seeds = range(round_ * BURST, (round_ + 1) * BURST)
-        started = time.perf_counter()
-        done = list(self.pool.map(lambda seed: run_job_read(self.client, seed, SPEC), seeds))
-        self.burst_s.append(time.perf_counter() - started)
-        jobs = [job for job, _ in done]
-        self.batches.append(device_batches(self.client, jobs))
-        self.spread_s.append(arrival_spread_s(jobs))
+        self.bursts.append(send_burst(self.client, self.pool, seeds, SPEC))
+
+    def median_burst_s(self) -> float:
+        return statistics.median(burst.seconds for burst in self.bursts)
+
+    def mean_batches(self) -> float:
+        return statistics.mean(burst.batches for burst in self.bursts)
 
     def lone(self, round_: int) -> None:
         for seed in range(LONE):
@@ -76,15 +75,15 @@ def main() -> None:
     none, some = sides
     print(f"{ROUNDS} rounds: a burst of {BURST} jobs and {LONE} jobs one at a time, each way;")
     print("64x64, 8 steps, tiny SDXL, micro-batches of up to 8; medians")
-    print(f"burst_s_window_0: {statistics.median(none.burst_s):.3f}")
-    print(f"burst_s_window_{window:g}: {statistics.median(some.burst_s):.3f}")
+    print(f"burst_s_window_0: {none.median_burst_s():.3f}")
+    print(f"burst_s_window_{window:g}: {some.median_burst_s():.3f}")
     print(f"lone_job_s_window_0: {statistics.median(none.lone_s):.3f}")
     print(f"lone_job_s_window_{window:g}: {statistics.median(some.lone_s):.3f}")
-    spread_ms = 1000 * statistics.median(none.spread_s + some.spread_s)
+    spread_ms = 1000 * statistics.median(b.spread_s for b in none.bursts + some.bursts)
     print(f"burst_arrival_spread_ms: {spread_ms:.0f}")
-    print(f"device_batches_window_0: {statistics.mean(none.batches):.2f}")
-    print(f"device_batches_window_{window:g}: {statistics.mean(some.batches):.2f}")
-    burst_speedup = statistics.median(none.burst_s) / statistics.median(some.burst_s)
+    print(f"device_batches_window_0: {none.mean_batches():.2f}")
+    print(f"device_batches_window_{window:g}: {some.mean_batches():.2f}")
+    burst_speedup = none.median_burst_s() / some.median_burst_s()
     lone_cost_ms = 1000 * (statistics.median(some.lone_s) - statistics.median(none.lone_s))
     print(f"burst_speedup: {burst_speedup:.2f}")
     print(f"lone_job_cost_ms: {lone_cost_ms:.0f}")

@@ -9,6 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,9 +49,30 @@ def run_job_read(
 _BATCH_NOTE = re.compile(r"in one device batch with (\d+) other job")
 
 
-def device_batches(client: httpx.Client, jobs: list[dict[str, Any]]) -> float:
-    """How many device batches ``jobs`` were rendered in, from their logs ("in one device
-    batch with N other job(s)"): each job's share of its batch, summed."""
+@dataclass(frozen=True)
+class Burst:
+    """Jobs sent at once, each followed to its end and its image read."""
+
+    seconds: float  # from the first job's sending to the last image read
+    done: list[tuple[dict[str, Any], bytes]]  # each job as created, and its image
+    batches: float  # device batches they were rendered in
+    spread_s: float  # from the first job queued to the last: the window that gathers them
+
+
+def send_burst(
+    client: httpx.Client, pool: ThreadPoolExecutor, seeds: Iterable[int], spec: dict[str, Any]
+) -> Burst:
+    """One job a seed, sent from ``pool``'s threads at once."""
+    started = time.perf_counter()
+    done = list(pool.map(lambda seed: run_job_read(client, seed, spec), seeds))
+    seconds = time.perf_counter() - started
+    jobs = [job for job, _ in done]
+    return Burst(seconds, done, _device_batches(client, jobs), _arrival_spread_s(jobs))
+
+
+def _device_batches(client: httpx.Client, jobs: list[dict[str, Any]]) -> float:
+    """From the jobs' logs ("in one device batch with N other job(s)"): each job's share
+    of its batch, summed."""
     shares = 0.0
     for job in jobs:
         found = _BATCH_NOTE.search(client.get(job["links"]["logs"]).text)
@@ -56,9 +80,7 @@ def device_batches(client: httpx.Client, jobs: list[dict[str, Any]]) -> float:
     return shares
 
 
-def arrival_spread_s(jobs: list[dict[str, Any]]) -> float:
-    """Seconds from the first of ``jobs`` to be queued to the last: how long a burst took
-    to arrive, the window a worker needs to gather it."""
+def _arrival_spread_s(jobs: list[dict[str, Any]]) -> float:
     created = [datetime.fromisoformat(job["created_at"]) for job in jobs]
     return (max(created) - min(created)).total_seconds()
 

@@ -40,14 +40,14 @@ from pathlib import Path
 import httpx
 
 from bench.common import (
+    Burst,
     EmbeddedServer,
-    arrival_spread_s,
-    device_batches,
     elapsed,
     one_item_request,
     print_figures,
     run_job_read,
     say,
+    send_burst,
 )
 
 DRY = "--dry-run" in sys.argv
@@ -214,16 +214,12 @@ def burst_figures(
     figures: dict[str, float] = {}
     with ThreadPoolExecutor(BURST) as pool:
 
-        def burst() -> tuple[float, int, float]:
-            started = time.perf_counter()
-            done = list(pool.map(lambda seed: run_job_read(client, seed, spec), range(BURST)))
-            seconds = time.perf_counter() - started
-            jobs = [job for job, _ in done]
-            batches, spread_s = device_batches(client, jobs), arrival_spread_s(jobs)
-            warm = sum(compiled(png) for _, png in done)
-            say(f"burst of {BURST}: {seconds:.2f} s, {batches:.0f} batches, {warm} compiled, "
-                f"arrived over {1000 * spread_s:.0f} ms")  # fmt: skip
-            return seconds, warm, batches
+        def burst() -> tuple[Burst, int]:
+            sent = send_burst(client, pool, range(BURST), spec)
+            warm = sum(compiled(png) for _, png in sent.done)
+            say(f"burst of {BURST}: {sent.seconds:.2f} s, {sent.batches:.0f} batches, "
+                f"{warm} compiled, arrived over {1000 * sent.spread_s:.0f} ms")  # fmt: skip
+            return sent, warm
 
         # The shapes' first batches run eager while a helper process compiles them.
         until = time.perf_counter() + COMPILE_WAIT_S
@@ -235,9 +231,9 @@ def burst_figures(
         # (1 + 8 + 7, or 8 + 8), into batch sizes whose shape is not compiled yet.
         measured = [burst() for _ in range(3)]
         figures |= {
-            "burst": bare_per_image * BURST / statistics.median(m[0] for m in measured),
-            "burst_compiled": statistics.mean(m[1] for m in measured) / BURST,
-            "burst_batches": statistics.mean(m[2] for m in measured),
+            "burst": bare_per_image * BURST / statistics.median(b.seconds for b, _ in measured),
+            "burst_compiled": statistics.mean(warm for _, warm in measured) / BURST,
+            "burst_batches": statistics.mean(b.batches for b, _ in measured),
         }
     until = time.perf_counter() + COMPILE_WAIT_S
     seed = 0
