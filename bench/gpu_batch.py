@@ -52,7 +52,8 @@ def build_full_size() -> Any:
     return pipe.to(torch.float16)
 
 
-def seconds(pipe: Any, size: int, steps: int, seeds: list[int]) -> float:
+def seconds(pipe: Any, size: int, steps: int, seeds: list[int], **call: Any) -> float:
+    """One pipeline call's seconds, the device synchronised; ``call``: more of its arguments."""
     device = pipe.device
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     if device.type == "cuda":
@@ -64,6 +65,7 @@ def seconds(pipe: Any, size: int, steps: int, seeds: list[int]) -> float:
         height=size,
         num_inference_steps=steps,
         generator=generators,
+        **call,
     )
     if device.type == "cuda":
         torch.cuda.synchronize()
