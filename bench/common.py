@@ -202,12 +202,14 @@ class EmbeddedServer:
             self.tmp.cleanup()
 
 
-def one_item_request(model_dir: Path, size: int, steps: int) -> Any:
-    """A runner's request for one guided image of ``size`` squared from the diffusers
-    folder ``model_dir`` (model id ``bench``), as the worker would send it."""
+def render_request(model_dir: Path, size: int, steps: int, count: int = 1) -> Any:
+    """A runner's request for ``count`` guided images of ``size`` squared (seeds 1, 2, …,
+    one micro-batch) from the diffusers folder ``model_dir`` (model id ``bench``), as the
+    worker would send it."""
     from dreamforge.domain.jobs import JobSpec, Scheduler
     from dreamforge.runners.protocol import ItemToRender, ModelRef, RenderRequest
 
+    seeds = tuple(range(1, count + 1))
     spec = JobSpec(
         prompt="a lighthouse at dawn",
         negative_prompt="",
@@ -217,11 +219,13 @@ def one_item_request(model_dir: Path, size: int, steps: int) -> Any:
         guidance_scale=5.0,
         scheduler=Scheduler.EULER,
         seed=1,
+        count=count,
         model_id="bench",
-        item_seeds=(1,),
+        item_seeds=seeds,
     )
     model = ModelRef("bench", str(model_dir), "diffusers", "b" * 64, "bench")
-    return RenderRequest(spec, model, (ItemToRender(0, 1),))
+    items = tuple(ItemToRender(i, seed) for i, seed in enumerate(seeds))
+    return RenderRequest(spec, model, items, max_batch=count)
 
 
 def print_figures(dry_run: bool, figures: dict[str, float]) -> None:

@@ -43,8 +43,8 @@ from bench.common import (
     Burst,
     EmbeddedServer,
     elapsed,
-    one_item_request,
     print_figures,
+    render_request,
     run_job_read,
     say,
     send_burst,
@@ -95,7 +95,7 @@ def child(model_dir: str, cache: str, size: str, steps: str, renders: str) -> No
 
     device = select_device("cpu" if DRY else None)
     runner = SdxlRunner(device)
-    request = one_item_request(Path(model_dir), int(size), int(steps))
+    request = render_request(Path(model_dir), int(size), int(steps))
     notes: list[str] = []
     pngs: list[bytes] = []
 

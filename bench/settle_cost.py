@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import one_item_request
+from bench.common import render_request
 from dreamforge.models.tiny import build_tiny_sdxl
 from dreamforge.runners.compile_options import CompileOptions
 from dreamforge.runners.device import select_device
@@ -38,7 +38,7 @@ def main() -> None:
         gc.freeze()  # as the child does once it has imported everything
         runner = SdxlRunner(select_device("cpu"), compiling=CompileOptions("on"))
         assert runner.compiled is not None
-        request = one_item_request(model_dir, 64, 2)
+        request = render_request(model_dir, 64, 2)
         runner.generate(request, lambda _: None, bool)  # eager; starts the compile
         eager = settle_ms(runner)
         runner.compiled.wait()

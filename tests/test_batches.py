@@ -111,6 +111,44 @@ def test_an_item_rendered_alone_matches_its_batched_render(tiny_model_dir: Path)
     assert len({together[i].tobytes() for i in range(4)}) == 4  # four different images
 
 
+def test_a_micro_batchs_images_are_encoded_at_once_and_sent_in_item_order(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device waits for a batch's last image before the next request, so its PNGs are
+    encoded on several threads (Pillow lets go of the GIL while it compresses). Each
+    encode is slowed down to be seen overlapping, the first item's most: it still comes
+    first."""
+    import dreamforge.runners.sdxl as sdxl
+
+    encoding, most = 0, 0
+    lock = threading.Lock()
+    encode_png = sdxl.encode_png
+
+    def slowed(image: Image.Image, receipt: Any) -> bytes:
+        nonlocal encoding, most
+        with lock:
+            encoding += 1
+            most = max(most, encoding)
+        time.sleep(0.6 if receipt.item_index == 0 else 0.2)
+        try:
+            return encode_png(image, receipt)
+        finally:
+            with lock:
+                encoding -= 1
+
+    monkeypatch.setattr(sdxl, "encode_png", slowed)
+    runner = SdxlRunner(select_device("cpu"), encode_threads=4)
+    spec = tiny_spec(count=4, steps=2, item_seeds=(5, 6, 7, 8))
+    items = tuple(ItemToRender(i, 5 + i) for i in range(4))
+    out: list[object] = []
+    request = RenderRequest(spec, tiny_model_ref(tiny_model_dir), items, max_batch=4)
+    runner.generate(request, out.append, bool)
+    assert most == 4  # one thread each
+    rendered = [m for m in out if isinstance(m, ItemRendered)]
+    assert [m.item_index for m in rendered] == [0, 1, 2, 3]
+    assert [read_receipt(m.png).seed for m in rendered] == [5, 6, 7, 8]
+
+
 @pytest.mark.parametrize("count", [0, 101])
 def test_count_is_between_1_and_100(live: LiveServer, count: int) -> None:
     response = live.client.post("/v1/jobs", json={"prompt": "x", "count": count})

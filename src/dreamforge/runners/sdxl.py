@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import warnings
@@ -108,6 +109,11 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# Threads that encode a micro-batch's PNGs at once: Pillow lets go of the GIL while it
+# compresses, and the device waits for the batch's last image before the next request.
+ENCODE_THREADS = min(8, os.cpu_count() or 1)
+
+
 def _no_empty_fp32_warning(record: logging.LogRecord) -> bool:
     return "should be kept in float32: []" not in record.getMessage()
 
@@ -118,8 +124,10 @@ class SdxlRunner:
         device: DeviceChoice,
         memory_budget_bytes: int | None = None,
         compiling: CompileOptions = EAGER,
+        encode_threads: int = ENCODE_THREADS,
     ) -> None:
         self._device = device
+        self._encoders = ThreadPoolExecutor(encode_threads, thread_name_prefix="dreamforge-encode")
         wanted = compiling.wanted_on(device.device.type)
         self.compiled = (
             CompiledModules(compiling, lambda: free_to_other_processes(device)) if wanted else None
@@ -320,9 +328,10 @@ class SdxlRunner:
         """Render every requested item in micro-batches of at most ``request.max_batch``,
         one generator per item, reporting each step; raises ``Canceled``.
 
-        A micro-batch that runs out of device memory is split in two and tried again. Each
-        image is encoded (PNG and receipt) on a thread of its own while the next micro-batch
-        denoises; all of them are sent before this returns or raises.
+        A micro-batch that runs out of device memory is split in two and tried again. Its
+        images are encoded (PNG and receipt) on several threads at once while the next
+        micro-batch denoises, and sent in item order; all of them are sent before this
+        returns or raises.
         """
         pipe, scheduler_config, loaded = self._load(request.model)
         emit(loaded)
@@ -348,8 +357,8 @@ class SdxlRunner:
         free, total = free_memory(self._device)
         check_headroom(free, total, spec.width, spec.height)
         size = fit_batch(request.max_batch, free, spec.width, spec.height)
-        with ThreadPoolExecutor(1, thread_name_prefix="dreamforge-encode") as encoder:
-            encoded: list[Future[None]] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="dreamforge-send") as sender:
+            sent: list[Future[None]] = []
             try:
                 while pending:
                     batch = tuple(pending[:size])
@@ -364,12 +373,14 @@ class SdxlRunner:
                         _empty_cache(self._device)
                         continue
                     del pending[: len(batch)]
+                    encoded = []
                     for item, image in zip(batch, images, strict=True):
                         receipt = self._receipt(request, item, loaded.device, loaded.dtype)
                         receipt = receipt.model_copy(update={"compiled": compiled})
-                        encoded.append(encoder.submit(_encode_and_send, image, item, receipt, send))
+                        encoded.append(self._encoders.submit(_encoded, image, item, receipt))
+                    sent.append(sender.submit(_send_in_order, encoded, send))
             finally:
-                for future in encoded:
+                for future in sent:
                     future.result()  # every finished image is sent, whatever happens next
                 if self.compiled is not None:
                     self.compiled.compile_wanted()
@@ -468,16 +479,37 @@ class SdxlRunner:
         return receipt_for(request, item, self._versions, device, dtype)
 
 
+def _encoded(image: Image.Image, item: ItemToRender, receipt: Receipt) -> ItemRendered:
+    started = time.perf_counter()
+    png = encode_png(image, receipt)
+    seconds = time.perf_counter() - started
+    return ItemRendered(item.index, item.seed, png, image.width, image.height, seconds)
+
+
 def _encode_and_send(
     image: Image.Image,
     item: ItemToRender,
     receipt: Receipt,
     send: Callable[[RunnerMessage], None],
 ) -> None:
-    started = time.perf_counter()
-    png = encode_png(image, receipt)
-    seconds = time.perf_counter() - started
-    send(ItemRendered(item.index, item.seed, png, image.width, image.height, seconds))
+    send(_encoded(image, item, receipt))
+
+
+def _send_in_order(
+    encoded: list[Future[ItemRendered]], send: Callable[[RunnerMessage], None]
+) -> None:
+    """Each image as soon as it and the ones before it are encoded; one that could not be
+    encoded holds back none of the rest, and its error is raised once they are sent."""
+    failed: Exception | None = None
+    for image in encoded:
+        try:
+            message = image.result()
+        except Exception as exc:  # noqa: BLE001 - raised below, after the others
+            failed = failed or exc
+            continue
+        send(message)
+    if failed is not None:
+        raise failed
 
 
 def _empty_cache(device: DeviceChoice) -> None:
