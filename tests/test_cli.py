@@ -10,11 +10,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import inspect
 from typer.testing import CliRunner
 
 from dreamforge.cli import app
-from dreamforge.config import Settings
+from dreamforge.config import Settings, setting_errors
 from dreamforge.store.db import Database
 from tests.helpers import read_stream, submit, tiny_spec
 from tests.processes import Serve
@@ -106,6 +107,64 @@ def test_a_port_in_use_is_said_at_once_and_nothing_starts(
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
     assert not data.exists()  # no database made, no model built
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "said"),
+    [
+        (
+            ["serve"],
+            {"DREAMFORGE_MAX_BATCH_SIZE": "0", "DREAMFORGE_PORT": "http"},
+            [
+                "DREAMFORGE_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1",
+                "DREAMFORGE_PORT='http': Input should be a valid integer",
+            ],
+        ),
+        (
+            ["worker"],
+            {"DREAMFORGE_HEARTBEAT_S": "20"},
+            ["DREAMFORGE_LEASE_S (30) must be at least twice DREAMFORGE_HEARTBEAT_S (20)"],
+        ),
+        (
+            ["api"],
+            {"DREAMFORGE_JOB_TIME_LIMIT_S": "90000"},
+            ["DREAMFORGE_JOB_TIME_LIMIT_S (90000), the limit of a job that asks for none"],
+        ),
+    ],
+    ids=["serve", "worker", "api"],
+)
+def test_settings_that_are_not_valid_are_said_by_their_variables_and_nothing_starts(
+    tmp_path: Path, command: list[str], env: dict[str, str], said: list[str]
+) -> None:
+    data = tmp_path / "data"
+    result = runner.invoke(app, [*command, "--data-dir", str(data)], env=env)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())  # as Rich wrapped it
+    assert output.startswith("error: the settings are not valid:")
+    assert all(line in output for line in said), output
+    assert "Traceback" not in output
+    assert not data.exists()  # no database made, no model built
+
+
+def test_a_secret_that_is_not_valid_is_not_repeated() -> None:
+    with pytest.raises(ValidationError) as raised:
+        Settings(signing_key=4711, hf_token=4712, database_url=4713)  # type: ignore[arg-type]
+    assert sorted(setting_errors(raised.value)) == [
+        "DREAMFORGE_DATABASE_URL: Input should be a valid string",
+        "DREAMFORGE_SIGNING_KEY: Input should be a valid string",
+        "HF_TOKEN: Input should be a valid string",
+    ]
+
+
+def test_the_asgi_factory_says_which_settings_are_not_valid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dreamforge.api.asgi import create
+
+    monkeypatch.setenv("DREAMFORGE_LEASE_S", "2")
+    with pytest.raises(SystemExit) as raised:
+        create()
+    assert str(raised.value).startswith("the settings are not valid:\n  DREAMFORGE_LEASE_S (2)")
 
 
 def test_dlq_lists_retries_and_purges_dead_lettered_jobs(tmp_path: Path) -> None:

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import structlog
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from uvicorn.config import STARTUP_FAILURE
 
 from dreamforge import logs
 from dreamforge.cli_remote import generate, id_column, jobs_app
-from dreamforge.config import Settings
+from dreamforge.config import Settings, setting_errors
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
 if TYPE_CHECKING:
@@ -72,14 +73,22 @@ DataDir = Annotated[
 
 
 def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
+    """The settings, from the environment and ``overrides``; settings that are not valid
+    are said, a line each, and the command exits (2) before anything starts."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        console.print("[red]error:[/] the settings are not valid:")
+        for line in setting_errors(exc):
+            console.print(f"  {line}", markup=False)
+        raise typer.Exit(2) from None
 
 
 def _configure_logging() -> None:
-    logs.configure(Settings().log_format)
+    logs.configure(_settings().log_format)
 
 
 @app.command()
@@ -255,12 +264,12 @@ def worker(
 ) -> None:
     """Run jobs from the broker until SIGTERM (distributed profile)."""
     chosen = {q.value for q in queues}
+    settings = _settings(data_dir)  # settings that are not valid stop it before anything starts
     if GPU_QUEUE in chosen:
         _start_fork_server()
     from dreamforge.runtime import Runtime
 
-    _configure_logging()
-    settings = _settings(data_dir)
+    logs.configure(settings.log_format)
     runtime = Runtime.build(settings, serves_streams=False)
     runtime.db.upgrade()
     stop = threading.Event()

@@ -8,10 +8,11 @@ import hmac
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dreamforge.domain.quotas import Quota
@@ -281,6 +282,28 @@ class Settings(BaseSettings):
         6 * 3600, gt=0, description="The longest limit a job may ask for (time_limit_s)."
     )
 
+    @model_validator(mode="after")
+    def _agree(self) -> Self:
+        """Settings that are valid one by one and not together."""
+        renewal = self.heartbeat_s + self.batch_window_s
+        if self.lease_s < 2 * renewal:
+            raise ValueError(
+                f"DREAMFORGE_LEASE_S ({self.lease_s:g}) must be at least twice "
+                f"DREAMFORGE_HEARTBEAT_S ({self.heartbeat_s:g}) plus DREAMFORGE_BATCH_WINDOW_S "
+                f"({self.batch_window_s:g}): a worker renews its claim on a running job every "
+                "heartbeat, the first time once the batch window has passed, and a claim that "
+                "lapses before a late renewal goes to another worker. Lengthen the lease or "
+                "shorten the others"
+            )
+        if self.job_time_limit_s > self.max_job_time_limit_s:
+            raise ValueError(
+                f"DREAMFORGE_JOB_TIME_LIMIT_S ({self.job_time_limit_s:g}), the limit of a job "
+                "that asks for none, is longer than DREAMFORGE_MAX_JOB_TIME_LIMIT_S "
+                f"({self.max_job_time_limit_s:g}), the longest a job may ask for: shorten the "
+                "first or lengthen the second"
+            )
+        return self
+
     def __repr_args__(self) -> Any:
         # Settings end up in reprs (a traceback, a debugger): URLs show no password there.
         for name, value in super().__repr_args__():
@@ -361,6 +384,36 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+
+def setting_errors(error: ValidationError) -> list[str]:
+    """What is wrong with the settings, a line each, named by the environment variable that
+    sets it (``DREAMFORGE_MAX_BATCH_SIZE='0': …``), for people rather than a traceback."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        if not problem["loc"]:  # settings that do not agree: the message names them
+            lines.append(message)
+            continue
+        name = str(problem["loc"][0])
+        variable, field = _variables().get(name, (name, None))
+        # A secret, or a URL that may hold a password, is not repeated.
+        hidden = field is None or "SecretStr" in str(field.annotation) or name.endswith("_url")
+        shown = "" if hidden else f"={problem.get('input')!r}"
+        lines.append(f"{variable}{shown}: {message}")
+    return lines
+
+
+def _variables() -> dict[str, tuple[str, FieldInfo]]:
+    """The environment variable of each name a setting goes by, and the setting's field:
+    ``DREAMFORGE_`` and the name, or the first of its aliases (HF_TOKEN, as other tools)."""
+    found: dict[str, tuple[str, FieldInfo]] = {}
+    for name, field in Settings.model_fields.items():
+        aliases = field.validation_alias
+        names = [str(a) for a in aliases.choices] if isinstance(aliases, AliasChoices) else []
+        variable = names[0] if names else f"DREAMFORGE_{name.upper()}"
+        found |= {known: (variable, field) for known in [name, *names]}
+    return found
 
 
 def redact_url(value: Any) -> Any:

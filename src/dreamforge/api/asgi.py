@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from dreamforge import logs
 from dreamforge.api.app import create_app
-from dreamforge.config import Settings
+from dreamforge.config import Settings, setting_errors
 from dreamforge.runtime import Runtime
 
 
 def create() -> FastAPI:
-    """Settings come from the environment (``DREAMFORGE_*``), as in every process."""
-    settings = Settings()
+    """Settings come from the environment (``DREAMFORGE_*``), as in every process; settings
+    that are not valid stop the process, a line each."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        lines = ["the settings are not valid:", *setting_errors(exc)]
+        raise SystemExit("\n  ".join(lines)) from None
     logs.configure(settings.log_format)
     return create_app(Runtime.build(settings))
