@@ -130,8 +130,13 @@ def test_a_port_in_use_is_said_at_once_and_nothing_starts(
             {"DREAMFORGE_JOB_TIME_LIMIT_S": "90000"},
             ["DREAMFORGE_JOB_TIME_LIMIT_S (90000), the limit of a job that asks for none"],
         ),
+        (
+            ["serve"],
+            {"DREAMFORGE_CORS_ORIGINS": "https://app.example.com"},
+            ["DREAMFORGE_CORS_ORIGINS: not valid JSON (Expecting value: line 1 column 1"],
+        ),
     ],
-    ids=["serve", "worker", "api"],
+    ids=["serve", "worker", "api", "not-json"],
 )
 def test_settings_that_are_not_valid_are_said_by_their_variables_and_nothing_starts(
     tmp_path: Path, command: list[str], env: dict[str, str], said: list[str]

@@ -17,6 +17,7 @@ import structlog
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from uvicorn.config import STARTUP_FAILURE
@@ -80,7 +81,7 @@ def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
         values["data_dir"] = data_dir
     try:
         return Settings(**values)  # type: ignore[arg-type]
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         console.print("[red]error:[/] the settings are not valid:")
         for line in setting_errors(exc):
             console.print(f"  {line}", markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from dreamforge.domain.quotas import Quota
 from dreamforge.domain.retries import RetryPolicy
@@ -386,9 +387,11 @@ class Settings(BaseSettings):
         return path.read_text().strip().encode()
 
 
-def setting_errors(error: ValidationError) -> list[str]:
+def setting_errors(error: ValidationError | SettingsError) -> list[str]:
     """What is wrong with the settings, a line each, named by the environment variable that
     sets it (``DREAMFORGE_MAX_BATCH_SIZE='0': …``), for people rather than a traceback."""
+    if isinstance(error, SettingsError):
+        return [_not_json(error)]
     lines = []
     for problem in error.errors():
         message = problem["msg"].removeprefix("Value error, ")
@@ -402,6 +405,18 @@ def setting_errors(error: ValidationError) -> list[str]:
         shown = "" if hidden else f"={problem.get('input')!r}"
         lines.append(f"{variable}{shown}: {message}")
     return lines
+
+
+def _not_json(error: SettingsError) -> str:
+    """A list or mapping setting whose value does not parse; pydantic-settings names the
+    field in its message only."""
+    named = re.search(r'field "(\w+)"', str(error))
+    known = _variables().get(named[1]) if named else None
+    variable = known[0] if known else "a setting"
+    return (
+        f"{variable}: not valid JSON ({error.__cause__ or error}); it takes a JSON list or "
+        'object, such as ["a.example.com", "b.example.com"]'
+    )
 
 
 def _variables() -> dict[str, tuple[str, FieldInfo]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from dreamforge import logs
 from dreamforge.api.app import create_app
@@ -17,7 +18,7 @@ def create() -> FastAPI:
     that are not valid stop the process, a line each."""
     try:
         settings = Settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         lines = ["the settings are not valid:", *setting_errors(exc)]
         raise SystemExit("\n  ".join(lines)) from None
     logs.configure(settings.log_format)
