@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import structlog
 import typer
 import uvicorn
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from uvicorn.config import STARTUP_FAILURE
 
 from dreamforge import logs
 from dreamforge.cli_remote import generate, id_column, jobs_app
-from dreamforge.config import Settings, setting_errors
+from dreamforge.config import Settings, SettingsNotValid, read_settings
 from dreamforge.queue.broker import GPU_QUEUE, IO_QUEUE, REMOTE_QUEUE
 
 if TYPE_CHECKING:
@@ -80,10 +78,10 @@ def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
     if data_dir is not None:
         values["data_dir"] = data_dir
     try:
-        return Settings(**values)  # type: ignore[arg-type]
-    except (ValidationError, SettingsError) as exc:
+        return read_settings(**values)
+    except SettingsNotValid as exc:
         console.print("[red]error:[/] the settings are not valid:")
-        for line in setting_errors(exc):
+        for line in exc.lines:
             console.print(f"  {line}", markup=False)
         raise typer.Exit(2) from None
 

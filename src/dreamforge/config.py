@@ -387,11 +387,28 @@ class Settings(BaseSettings):
         return path.read_text().strip().encode()
 
 
-def setting_errors(error: ValidationError | SettingsError) -> list[str]:
-    """What is wrong with the settings, a line each, named by the environment variable that
-    sets it (``DREAMFORGE_MAX_BATCH_SIZE='0': …``), for people rather than a traceback."""
-    if isinstance(error, SettingsError):
-        return [_not_json(error)]
+class SettingsNotValid(Exception):
+    """Settings that are not valid: ``lines``, one a problem, each named by the environment
+    variable that sets it (``DREAMFORGE_MAX_BATCH_SIZE='0': …``), for people rather than a
+    traceback."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n  ".join(["the settings are not valid:", *lines]))
+        self.lines = lines
+
+
+def read_settings(**values: Any) -> Settings:
+    """``Settings`` from the environment and ``values``; raises ``SettingsNotValid``."""
+    try:
+        return Settings(**values)
+    except SettingsError as exc:  # a list or mapping that is not JSON
+        raise SettingsNotValid([_not_json(exc)]) from None
+    except ValidationError as exc:
+        raise SettingsNotValid(_problems(exc)) from None
+
+
+def _problems(error: ValidationError) -> list[str]:
+    variables = _variables()
     lines = []
     for problem in error.errors():
         message = problem["msg"].removeprefix("Value error, ")
@@ -399,7 +416,7 @@ def setting_errors(error: ValidationError | SettingsError) -> list[str]:
             lines.append(message)
             continue
         name = str(problem["loc"][0])
-        variable, field = _variables().get(name, (name, None))
+        variable, field = variables.get(name, (name, None))
         # A secret, or a URL that may hold a password, is not repeated.
         hidden = field is None or "SecretStr" in str(field.annotation) or name.endswith("_url")
         shown = "" if hidden else f"={problem.get('input')!r}"

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
 from dreamforge import logs
 from dreamforge.api.app import create_app
-from dreamforge.config import Settings, setting_errors
+from dreamforge.config import SettingsNotValid, read_settings
 from dreamforge.runtime import Runtime
 
 
@@ -17,9 +15,8 @@ def create() -> FastAPI:
     """Settings come from the environment (``DREAMFORGE_*``), as in every process; settings
     that are not valid stop the process, a line each."""
     try:
-        settings = Settings()
-    except (ValidationError, SettingsError) as exc:
-        lines = ["the settings are not valid:", *setting_errors(exc)]
-        raise SystemExit("\n  ".join(lines)) from None
+        settings = read_settings()
+    except SettingsNotValid as exc:
+        raise SystemExit(str(exc)) from None
     logs.configure(settings.log_format)
     return create_app(Runtime.build(settings))
