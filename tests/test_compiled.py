@@ -132,7 +132,7 @@ def test_images_asked_while_a_helper_process_compiles_run_eager_then_compiled_fr
     # The compile here took every graph from the helper's: none compiled twice.
     assert int(told[1]) > 0 and int(told[2]) == 0 and int(told[3]) == int(told[1]), notes
     compiled_and_eager(during, then)
-    assert (tmp_path / "artifacts.bin").is_file()
+    assert len(list((tmp_path / "artifacts").glob("*.bin"))) == 1
     runner.compiled.stop()
 
 
@@ -478,13 +478,14 @@ def test_a_restarted_worker_loads_its_cache_on_the_compile_thread(
         loaded.append((data, threading.current_thread().name))
 
     monkeypatch.setattr(torch.compiler, "load_cache_artifacts", load)
-    (tmp_path / "artifacts.bin").write_bytes(b"saved before the restart")
+    (tmp_path / "artifacts").mkdir()
+    for compile in ("a", "b"):
+        (tmp_path / "artifacts" / f"{compile}.bin").write_bytes(f"compile {compile}".encode())
     modules = CompiledModules(CompileOptions("on", cache_dir=tmp_path))
     modules.wait()
     modules.stop()
-    [(data, thread)] = loaded
-    assert data == b"saved before the restart"
-    assert thread.startswith("dreamforge-compile"), thread
+    assert [data for data, _ in loaded] == [b"compile a", b"compile b"]
+    assert all(thread.startswith("dreamforge-compile") for _, thread in loaded), loaded
 
 
 def test_a_batch_of_three_runs_compiled_as_a_batch_of_four(tiny_model_dir: Path) -> None:

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import diffusers
 import torch
-from diffusers import StableDiffusionXLPipeline
 
 from dreamforge.runners.compile_options import CompileOptions
-from dreamforge.runners.twins import Shape
+
+if TYPE_CHECKING:  # the cache itself needs no diffusers, which takes seconds to import
+    from diffusers import StableDiffusionXLPipeline
+
+    from dreamforge.runners.twins import Shape
 
 
 def compile_listing(pipe: StableDiffusionXLPipeline, parts: str, shape: Shape) -> str:
     """The line of ``compiled.txt`` that says the cache holds this compile. Graphs depend
     on the modules' code and architecture, not on their weights or where they were read
     from: models of one architecture share them."""
+    import diffusers  # loaded already: it made ``pipe``
+
     unet, vae = pipe.unet, pipe.vae
     # Not the config's private keys: the folder it was read from, the diffusers that
     # saved it, which values were defaults.
@@ -39,7 +45,13 @@ def compile_listing(pipe: StableDiffusionXLPipeline, parts: str, shape: Shape) -
 
 
 class CompileCache:
-    """The cache in ``options.cache_dir``; with none, it holds nothing and keeps nothing."""
+    """The cache in ``options.cache_dir``; with none, it holds nothing and keeps nothing.
+
+    Saved artifacts are a file a compile, not one file for all: torch saves what this
+    process compiled or read from inductor's cache, not what it loaded from saved
+    artifacts, so one file rewritten by a restarted worker would lose every shape that
+    this life did not compile. A compile's file holds its own graphs (and this life's
+    earlier ones)."""
 
     def __init__(self, options: CompileOptions) -> None:
         self._artifacts = options.artifacts
@@ -48,12 +60,12 @@ class CompileCache:
     @property
     def saved(self) -> bool:
         """Whether an earlier life saved artifacts, for ``load`` to load."""
-        return self._artifacts is not None and self._artifacts.is_file()
+        return bool(self._saved_files())
 
     def load(self) -> None:
         """Into this process's compiler (a second or more: not on a job's path)."""
-        if self._artifacts is not None and self.saved:
-            torch.compiler.load_cache_artifacts(self._artifacts.read_bytes())
+        for saved in self._saved_files():
+            torch.compiler.load_cache_artifacts(saved.read_bytes())
 
     def holds(self, listing: str) -> bool:
         return listing in self._lines()
@@ -65,19 +77,31 @@ class CompileCache:
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             return
-        self._artifacts.parent.mkdir(parents=True, exist_ok=True)
-        self._artifacts.write_bytes(saved[0])
+        self._artifacts.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(listing.encode()).hexdigest()[:16]
+        _write_whole(self._artifacts / f"{name}.bin", saved[0])
         self._add(listing)
+
+    def _saved_files(self) -> list[Path]:
+        if self._artifacts is None or not self._artifacts.is_dir():
+            return []
+        return sorted(self._artifacts.glob("*.bin"))
 
     def _add(self, listing: str) -> None:
         lines = self._lines()
         if self._list is None or listing in lines:
             return
-        partial = self._list.with_suffix(".partial")
-        partial.write_text("\n".join([*lines, listing]) + "\n")
-        partial.replace(self._list)  # whole or not at all: a torn list would hide every line
+        # Whole or not at all: a torn list would hide every line.
+        _write_whole(self._list, ("\n".join([*lines, listing]) + "\n").encode())
 
     def _lines(self) -> list[str]:
         if self._list is None or not self._list.is_file():
             return []
         return self._list.read_text().splitlines()
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` in ``path``, or what was there before if the process dies meanwhile."""
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.replace(path)

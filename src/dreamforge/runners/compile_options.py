@@ -27,8 +27,9 @@ class CompileOptions:
 
     @property
     def artifacts(self) -> Path | None:
-        """Where ``torch.compiler.save_cache_artifacts`` keeps what it saved."""
-        return self.cache_dir / "artifacts.bin" if self.cache_dir else None
+        """Where ``torch.compiler.save_cache_artifacts`` keeps what it saved: a file a
+        compile (``compiled.txt``'s line)."""
+        return self.cache_dir / "artifacts" if self.cache_dir else None
 
     @property
     def compiled_list(self) -> Path | None:
