@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from dreamforge.cli import app
@@ -28,6 +29,20 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     db = Database(Settings(data_dir=tmp_path).resolved_database_url)
     tables = set(inspect(db.engine).get_table_names())
     assert {"jobs", "job_events", "artifacts", "models", "alembic_version"} <= tables
+
+
+def test_a_migration_is_logged_and_a_schema_up_to_date_is_not(tmp_path: Path) -> None:
+    db = Database(Settings(data_dir=tmp_path).resolved_database_url)
+    with capture_logs() as first:
+        db.upgrade()
+    with capture_logs() as again:
+        db.upgrade()
+    with db.connection() as connection:
+        head = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert first == [
+        {"event": "store.migrated", "from_revision": None, "to_revision": head, "log_level": "info"}
+    ]
+    assert again == []
 
 
 def test_create_tiny_registers_safetensors_weights(tmp_path: Path) -> None:
@@ -238,3 +253,7 @@ def test_json_logs_are_one_object_a_line_and_name_the_job(tmp_path: Path) -> Non
     assert any("GET /v1/artifacts/jobs/" in line for line in access), access
     assert any(o.get("logger") == "uvicorn.access" for o in objects)
     assert all({"level", "timestamp"} <= o.keys() for o in objects)
+    # The empty data dir's schema made, said once in our words, not in alembic's lines.
+    migrated = [o for o in objects if o["event"] == "store.migrated"]
+    assert len(migrated) == 1 and migrated[0]["from_revision"] is None, migrated
+    assert not [o for o in objects if o.get("logger", "").startswith("alembic")]

@@ -84,8 +84,11 @@ def configure(log_format: LogFormat = "console", level: int = logging.INFO) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # A line per HTTP request the service makes (webhooks, downloads) is noise.
+    # A line per HTTP request the service makes (webhooks, downloads) is noise; so are
+    # alembic's lines at every start (its plugins, its dialect), a migration is logged as
+    # store.migrated.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # uvicorn configures its own handlers; its lines go through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -7,8 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -79,7 +81,8 @@ class Database:
             connection.execute(text("SELECT 1"))
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration."""
+        """Bring the schema to the newest migration; a migration is logged
+        (``store.migrated``), a schema that was up to date is not."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
@@ -87,7 +90,13 @@ class Database:
                 # API and worker processes may start together: one migrates, others wait.
                 connection.execute(text("SELECT pg_advisory_xact_lock(7300001)"))
             config.attributes["connection"] = connection
+            before = MigrationContext.configure(connection).get_current_revision()
             command.upgrade(config, "head")
+            after = MigrationContext.configure(connection).get_current_revision()
+        if after != before:
+            structlog.get_logger(__name__).info(
+                "store.migrated", from_revision=before, to_revision=after
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()
