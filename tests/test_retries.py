@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +29,17 @@ from dreamforge.domain.errors import ErrorCode
 from dreamforge.domain.retries import RetryPolicy, Verdict
 from dreamforge.runners.fake import Plan, Trouble, Where
 from dreamforge.runners.process import SdxlProcessRunner
+from dreamforge.runners.protocol import Finished, ItemRendered, ItemToRender, RenderRequest, Tick
 from tests.conftest import ApiThread, free_port, register_tiny
-from tests.helpers import durable, last_id, read_stream, submit, wait_for
+from tests.helpers import (
+    durable,
+    last_id,
+    read_stream,
+    submit,
+    tiny_model_ref,
+    tiny_spec,
+    wait_for,
+)
 from tests.test_lifecycle import FakeServer, fake  # noqa: F401 - the fixture
 
 # -- the policy ---------------------------------------------------------------------------
@@ -357,3 +367,38 @@ def test_a_pipeline_process_killed_mid_job_is_replaced_and_the_job_retried(
         after = submit(client, prompt="after a recycle", steps=2)
         assert read_stream(client, after["id"], timeout=120)[-1].data["status"] == "succeeded"
         assert runner.pid not in (None, second)
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["death noticed", "at once"])
+def test_a_pipeline_process_killed_while_it_preloads_is_replaced_by_the_next_job(
+    tiny_model_dir: Path, noticed: bool
+) -> None:
+    """The next job's fresh process has no preload to answer for, and the job does not
+    pay for the preload's crash. A job that comes at once mostly finds the process not
+    yet known dead, and its end in the preload's answer."""
+    runner = SdxlProcessRunner("cpu")
+    model = tiny_model_ref(tiny_model_dir)
+    spec = tiny_spec(steps=2, seed=3, item_seeds=(3,))
+    messages: list[object] = []
+    given_up = time.monotonic() + 120  # a job's time limit, so that a hang fails here
+
+    def tick() -> Tick:
+        return Tick.KILL if time.monotonic() > given_up else Tick.CONTINUE
+
+    try:
+        runner.preload(model)
+        while (first := runner.pid) is None:  # started on a thread
+            assert time.monotonic() < given_up, "the pipeline process never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the preload is sent the moment the process has started
+        os.kill(first, signal.SIGKILL)
+        while noticed and runner.alive:
+            time.sleep(0.05)
+        outcome = runner.render(
+            RenderRequest(spec, model, (ItemToRender(0, 3),)), messages.append, tick
+        )
+        assert isinstance(outcome, Finished), outcome
+        assert runner.pid not in (None, first)
+        assert [m for m in messages if isinstance(m, ItemRendered)]
+    finally:
+        runner.stop()

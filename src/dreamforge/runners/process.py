@@ -225,6 +225,7 @@ class SdxlProcessRunner:
     def start(self) -> None:
         if self.alive:
             return
+        self._discard()  # a dead one's pipe, and the answer to a preload it never gave
         parent, child = self._context.Pipe()
         self._cancel = self._context.Event()
         self._process = self._context.Process(
@@ -269,9 +270,17 @@ class SdxlProcessRunner:
         try:
             if self._preloading:  # the preload still runs: finish it, ticking meanwhile
                 self._preloading = False
-                preload = self._relay_until_done(_log_preloaded, tick, poll_s)
-                if isinstance(preload, Failed):
-                    log.warning("runner.preload_failed", code=preload.code, error=preload.message)
+                try:
+                    preload = self._relay_until_done(_log_preloaded, tick, poll_s)
+                except RunnerCrashed as exc:  # the preload's crash, not this request's
+                    log.warning("runner.preload_failed", code="RUNNER_CRASHED", error=str(exc))
+                    self.start()
+                    assert self._conn is not None and self._cancel is not None
+                else:
+                    if isinstance(preload, Failed):
+                        log.warning(
+                            "runner.preload_failed", code=preload.code, error=preload.message
+                        )
             self._cancel.clear()
             self._conn.send(request)
             return self._relay_until_done(on_message, tick, poll_s)
