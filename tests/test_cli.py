@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -106,6 +107,32 @@ def test_serve_begins_the_pipeline_processes_imports_before_any_job(tmp_path: Pa
         assert any("multiprocessing.forkserver" in c for c in commands), commands
         with httpx.Client(base_url=server.url) as client:
             assert client.get("/v1/models").json()["data"] == []  # nothing was preloaded
+    finally:
+        server.stop(signal.SIGTERM)
+
+
+def logged(log: Path, event: str) -> list[dict[str, object]]:
+    """The lines of a JSON log that tell ``event``."""
+    import json
+
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line["event"] == event]
+
+
+def test_the_default_models_preload_is_logged_when_it_ends_with_no_job_sent(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", log_format="json")
+    log = tmp_path / "serve.log"
+    server = Serve(settings.data_dir, log, settings=settings)
+    server.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (preloaded := logged(log, "runner.preloaded")):
+            assert time.monotonic() < deadline, "the preload was never logged"
+            time.sleep(0.2)
+        assert preloaded[0]["model_id"] == settings.default_model_id
+        assert "job_id" not in preloaded[0]
     finally:
         server.stop(signal.SIGTERM)
 

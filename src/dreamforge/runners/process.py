@@ -169,10 +169,13 @@ class _Doorbell:
                 pass
 
 
+class _Leave(Exception):
+    """The runner is being stopped or killed: the start thread stops relaying the preload."""
+
+
 def _log_preloaded(message: RunnerMessage) -> None:
-    """A preload's load is no job's: the service's log is where its time is told (heard
-    when the first job comes, which waited for whatever of it was left), without that
-    job's name."""
+    """A preload's load is no job's: the service's log is where its time is told, when it
+    ends, without the name of a job that waited for it."""
     if isinstance(message, ModelLoaded):
         with outside_any_job():
             log.info(
@@ -207,8 +210,9 @@ class SdxlProcessRunner:
         # Made with each child, and let go with it: a process that ends by a signal runs no
         # finalizers, and its semaphores would be reported leaked at exit.
         self._cancel: Event | None = None
-        self._preloading = False
+        self._preloading = False  # the preload's answer is still to be read
         self._starting: threading.Thread | None = None
+        self._leaving = threading.Event()  # set by kill and stop: the start thread ends
         self._memory: DeviceMemory | None = None
         self._poller = select.poll()
         self._doorbell = _Doorbell()  # wake(): the relay ticks now, not at its next message
@@ -268,19 +272,11 @@ class SdxlProcessRunner:
         self.start()  # at once, unless the start in the background failed
         assert self._conn is not None and self._cancel is not None
         try:
-            if self._preloading:  # the preload still runs: finish it, ticking meanwhile
-                self._preloading = False
-                try:
-                    preload = self._relay_until_done(_log_preloaded, tick, poll_s)
-                except RunnerCrashed as exc:  # the preload's crash, not this request's
-                    log.warning("runner.preload_failed", code="RUNNER_CRASHED", error=str(exc))
-                    self.start()
-                    assert self._conn is not None and self._cancel is not None
-                else:
-                    if isinstance(preload, Failed):
-                        log.warning(
-                            "runner.preload_failed", code=preload.code, error=preload.message
-                        )
+            # The start thread ended before the preload's answer; if the child died in
+            # the preload, the request gets a fresh one (the crash is not the request's).
+            if self._preloading and not self._relay_preload(tick, poll_s):
+                self.start()
+                assert self._conn is not None and self._cancel is not None
             self._cancel.clear()
             self._conn.send(request)
             return self._relay_until_done(on_message, tick, poll_s)
@@ -333,7 +329,14 @@ class SdxlProcessRunner:
 
     def _start_in_background(self, preload: RenderRequest | None = None) -> None:
         """Start the child on a thread: the first start waits for the fork server's
-        imports, seconds in which the caller has a lease to keep."""
+        imports, seconds in which the caller has a lease to keep. A preload's answer is
+        read there too, so that its load is logged when it ends (a request waits for it
+        either way)."""
+
+        def leave_when_told() -> Tick:
+            if self._leaving.is_set():
+                raise _Leave
+            return Tick.CONTINUE
 
         def begin() -> None:
             try:
@@ -342,11 +345,30 @@ class SdxlProcessRunner:
                     assert self._conn is not None
                     self._conn.send(preload)
                     self._preloading = True
+                    self._relay_preload(leave_when_told, QUIET_TICK_S)
+            except (_Leave, RunnerCrashed):
+                pass  # stopped or killed meanwhile: the answer, if any, dies with the child
             except Exception:  # render starts it again, and raises what went wrong
                 log.warning("runner.start_failed", exc_info=True)
 
+        self._leaving.clear()
         self._starting = threading.Thread(target=begin, name="dreamforge-runner-start")
         self._starting.start()
+
+    def _relay_preload(self, tick: Callable[[], Tick], poll_s: float) -> bool:
+        """Read the preload's answer, logging it; ``False`` if the child died meanwhile
+        (it is discarded: the next request starts a fresh one)."""
+        try:
+            outcome = self._relay_until_done(_log_preloaded, tick, poll_s)
+        except RunnerCrashed as exc:
+            if self._leaving.is_set():  # killed as a tick asked: the request ends too
+                raise
+            log.warning("runner.preload_failed", code=ErrorCode.RUNNER_CRASHED, error=str(exc))
+            return False
+        self._preloading = False
+        if isinstance(outcome, Failed):
+            log.warning("runner.preload_failed", code=outcome.code, error=outcome.message)
+        return True
 
     def _await_start(self, tick: Callable[[], Tick], poll_s: float) -> None:
         """Wait for a start under way, ticking meanwhile (a cancel is seen once the
@@ -356,7 +378,7 @@ class SdxlProcessRunner:
             if not self._starting.is_alive():
                 self._starting = None
             elif tick() is Tick.KILL:
-                raise RunnerCrashed("the runner was stopped while its process started")
+                raise RunnerCrashed("the runner was stopped while its process started or preloaded")
 
     def _started(self) -> None:
         """Wait for a start under way, if any."""
@@ -372,6 +394,7 @@ class SdxlProcessRunner:
         return None
 
     def kill(self) -> None:
+        self._leaving.set()
         self._started()
         if self._process is not None:
             self._process.kill()
@@ -379,6 +402,7 @@ class SdxlProcessRunner:
         self._discard()
 
     def stop(self) -> None:
+        self._leaving.set()
         self._started()
         if self._conn is not None and self.alive:
             with contextlib.suppress(OSError):
