@@ -79,19 +79,28 @@ def a_life(cache_dir: Path, inductor_dir: Path, *names: str) -> str:
     return done.stdout.strip()
 
 
+def without_graphs(inductor: Path, copy: Path) -> Path:
+    """A copy of inductor's cache without its graphs: what else it keeps there is left,
+    to save the seconds it takes to make."""
+    shutil.copytree(inductor, copy)
+    for graphs in ("fxgraph", "aotautograd"):
+        assert (copy / graphs).is_dir()  # where inductor keeps them, or the test is void
+        shutil.rmtree(copy / graphs)
+    return copy
+
+
 @pytest.mark.slow
 def test_a_restarted_worker_keeps_the_graphs_of_shapes_it_did_not_compile(tmp_path: Path) -> None:
-    """The third life's inductor cache has lost its graphs (what else it keeps there is
-    left, to save the seconds it takes to make), so that they can come from the saved
-    artifacts only: it finds the first life's, which the second did not use."""
+    """The lives after the second find their graphs in the saved artifacts only: the
+    third finds the first life's, which the second did not use; the fourth, both of
+    the third's, saved one after the other by one process."""
     cache_dir, inductor = tmp_path / "compile-cache", tmp_path / "inductor"
     assert a_life(cache_dir, inductor, "sin") == "1 compiled, 0 from the cache"
     assert a_life(cache_dir, inductor, "cos") == "1 compiled, 0 from the cache"
-    emptied = shutil.copytree(inductor, tmp_path / "emptied")
-    for graphs in ("fxgraph", "aotautograd"):
-        assert (emptied / graphs).is_dir()  # where inductor keeps them, or the test is void
-        shutil.rmtree(emptied / graphs)
-    assert a_life(cache_dir, emptied, "sin", "cos") == "0 compiled, 2 from the cache"
+    third = without_graphs(inductor, tmp_path / "third")
+    assert a_life(cache_dir, third, "sin", "cos") == "0 compiled, 2 from the cache"
+    fourth = without_graphs(third, tmp_path / "fourth")
+    assert a_life(cache_dir, fourth, "sin", "cos") == "0 compiled, 2 from the cache"
     assert (cache_dir / "compiled.txt").read_text().splitlines() == [
         "sin of 8 floats",
         "cos of 8 floats",

@@ -47,11 +47,14 @@ def compile_listing(pipe: StableDiffusionXLPipeline, parts: str, shape: Shape) -
 class CompileCache:
     """The cache in ``options.cache_dir``; with none, it holds nothing and keeps nothing.
 
-    Saved artifacts are a file a compile, not one file for all: torch saves what this
-    process compiled or read from inductor's cache, not what it loaded from saved
-    artifacts, so one file rewritten by a restarted worker would lose every shape that
-    this life did not compile. A compile's file holds its own graphs (and this life's
-    earlier ones)."""
+    Saved artifacts are a file a compile (``artifacts/<listing's hash>.bin``), written
+    right after it, for two ways torch saves and loads them (2.14): a save holds what the
+    process compiled or read from inductor's cache, never what it loaded from saved
+    artifacts, so one file for all, rewritten by a restarted worker, would lose every
+    shape that life did not compile; and a save holds all the process saved before too,
+    but a load keeps, of each kind of artifact, only the last save's part, so a file
+    rewritten after each compile would give back only the last compile's graphs. A
+    compile's own file gives back its graphs either way."""
 
     def __init__(self, options: CompileOptions) -> None:
         self._artifacts = options.artifacts
@@ -92,7 +95,7 @@ class CompileCache:
         if self._list is None or listing in lines:
             return
         # Whole or not at all: a torn list would hide every line.
-        _write_whole(self._list, ("\n".join([*lines, listing]) + "\n").encode())
+        _write_whole(self._list, "".join(f"{line}\n" for line in [*lines, listing]).encode())
 
     def _lines(self) -> list[str]:
         if self._list is None or not self._list.is_file():

@@ -28,7 +28,7 @@ class CompileOptions:
     @property
     def artifacts(self) -> Path | None:
         """Where ``torch.compiler.save_cache_artifacts`` keeps what it saved: a file a
-        compile (``compiled.txt``'s line)."""
+        compile (see ``runners/compile_cache.py``)."""
         return self.cache_dir / "artifacts" if self.cache_dir else None
 
     @property
